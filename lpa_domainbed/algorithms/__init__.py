@@ -1,0 +1,18 @@
+"""Algorithms this package registers into ``domainbed.algorithms``.
+
+All of them are thin subclasses of :class:`~lpa_domainbed.algorithms.base.ActivationPerturbation`.
+"""
+
+from lpa_domainbed.registry import Registry
+
+__all__ = ["ALGORITHMS", "load"]
+
+#: name -> algorithm class, in the order DomainBed's tables list them.
+ALGORITHMS: Registry = Registry("algorithm")
+
+
+def load() -> Registry:
+    """Import the algorithm modules (they import torch and DomainBed); return the registry."""
+    from lpa_domainbed.algorithms import ada, dropout, lpa, manifold_mixup  # noqa: F401
+
+    return ALGORITHMS

@@ -1,0 +1,66 @@
+"""ADA: adversarial feature perturbation at a hidden layer (paper eq. 5).
+
+Per sample, ``delta_i = argmax_{|delta| <= r_i} l(f_{l+1:L}(a_i + delta), y_i)`` by ``T``-step
+normalized l2 PGD (step ``2 r_i / T``), with ``r_i = ada_eps * |a_i|`` (relative to the
+sample's activation norm, so one value serves every layer). Like Volpi et al. (2018), the
+model trains on both: ``loss = w * l(clean) + (1 - w) * l(perturbed)`` with
+``w = ada_clean_weight``. The clean term reuses the PGD search's first evaluation, so it adds
+only its backward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lpa_domainbed import hparams as hp
+from lpa_domainbed.algorithms import ALGORITHMS
+from lpa_domainbed.algorithms.base import (ActivationPerturbation, flat_norms, merge_specs,
+                                           require)
+from lpa_domainbed.perturb import pgd
+
+__all__ = ["ADA"]
+
+
+@ALGORITHMS.register("ADA")
+class ADA(ActivationPerturbation):
+    """Sample-level, loss-maximizing perturbation (eq. 5)."""
+
+    PGD = True
+
+    @classmethod
+    def hparam_specs(cls, dataset=None):
+        return merge_specs(super().hparam_specs(dataset), [
+            hp.HParam("ada_eps", 0.1, hp.uniform(0.05, 0.3), "ball radius relative to |a_i|"),
+            hp.HParam("ada_steps", 3, hp.fixed(3), "T, PGD steps"),
+            hp.HParam("ada_clean_weight", 0.5, hp.choice([0.0, 0.5]), "weight of clean loss"),
+        ])
+
+    def check_hparams(self):
+        h = self.hparams
+        require(h, "ada_eps", h["ada_eps"] >= 0, "eps >= 0")
+        require(h, "ada_steps", int(h["ada_steps"]) == h["ada_steps"] and h["ada_steps"] >= 1,
+                "an integer T >= 1")
+        require(h, "ada_clean_weight", 0 <= h["ada_clean_weight"] <= 1, "a weight in [0, 1]")
+
+    def perturb(self, a, y, ctx):
+        groups = torch.arange(len(a), device=a.device)
+        radius = self.hparams["ada_eps"] * flat_norms(a)
+        keep_clean = self.hparams["ada_clean_weight"] > 0 and ctx.training
+        delta, clean = pgd.l2_pgd(
+            lambda z: ctx.tail(z, detach_head=not keep_clean) if z is a else ctx.tail(z),
+            a, y, groups, radius, torch.ones_like(radius), int(self.hparams["ada_steps"]),
+            clean_graph=keep_clean)
+        if keep_clean:
+            ctx.scratch.setdefault("clean_losses", []).append(clean)
+        if ctx.clean_losses is None:
+            ctx.clean_losses = clean.detach()
+        return a + delta.to(a.dtype)
+
+    def loss(self, logits, y, ctx):
+        perturbed = F.cross_entropy(logits, y)
+        clean = ctx.scratch.get("clean_losses")
+        if not clean:
+            return perturbed
+        w = self.hparams["ada_clean_weight"]
+        return w * torch.stack([c.mean() for c in clean]).mean() + (1 - w) * perturbed

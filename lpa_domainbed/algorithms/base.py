@@ -1,0 +1,252 @@
+"""The activation-perturbation base class (paper section 3.2, "a unified view").
+
+Every method here replaces the output ``a`` of a chosen layer ``l`` by ``a~ = a + delta``
+(paper eq. 2; H. Li, "Learning to Perturb Hidden Representations for Generalizable
+Deep Learning", 2026, the paper in ``../shared/paper``; see ``docs/algorithms.md``) during training updates only; they differ in how they choose ``delta``.
+:class:`ActivationPerturbation` is a DomainBed ``ERM`` (same featurizer, classifier, Adam
+optimizer and ``predict``) that does the plumbing, so a new algorithm implements one method::
+
+    class Noise(ActivationPerturbation):
+        def perturb(self, a, y, ctx):
+            return a + 0.1 * a.norm() / a.numel() ** 0.5 * torch.randn_like(a)
+
+Shapes: ``a`` is the layer's output for the whole training batch (all training domains
+concatenated), ``[B, ...]``; ``y`` is ``[B]``; ``ctx.domains`` is ``[B]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from domainbed.algorithms import ERM
+
+from lpa_domainbed import hparams as hp
+from lpa_domainbed.perturb.layers import Cut, resolve_cuts
+from lpa_domainbed.perturb.tail import CutForward, frozen_batchnorm_stats
+
+__all__ = ["ActivationPerturbation", "PerturbContext", "ProbeResult", "merge_specs",
+           "require"]
+
+
+def merge_specs(base: list[hp.HParam], extra: list[hp.HParam]) -> list[hp.HParam]:
+    """``base`` with entries of ``extra`` replacing same-named ones (others appended)."""
+    names = {s.name: s for s in extra}
+    merged = [names.pop(s.name, s) for s in base]
+    return merged + list(names.values())
+
+
+def require(hparams: dict, name: str, ok: bool, expected: str):
+    """Raise ``ValueError`` naming the hparam when ``ok`` is false."""
+    if not ok:
+        raise ValueError(f"hparam {name}={hparams.get(name)!r} is invalid: expected {expected}. "
+                         f"Fix it in --hparams or the sweep's hparams.")
+
+
+@dataclasses.dataclass
+class PerturbContext:
+    """What :meth:`ActivationPerturbation.perturb` knows besides the activation.
+
+    Attributes:
+        cut: the layer being perturbed (``name``, ``depth`` = L - l).
+        y: labels ``[B]``.
+        domains: training-domain index of each sample ``[B]``.
+        step: number of updates done so far.
+        training: True inside ``update()``; False inside ``probe()``, where an algorithm must
+            not change its own state (running statistics, stored perturbations).
+        scratch: per-pass storage shared by ``perturb``, ``loss`` and ``after_backward``.
+    """
+
+    y: torch.Tensor
+    domains: torch.Tensor
+    step: int
+    training: bool
+    forward: CutForward
+    cut: Cut | None = None
+    scratch: dict = dataclasses.field(default_factory=dict)
+    clean: dict = dataclasses.field(default_factory=dict)
+    perturbed: dict = dataclasses.field(default_factory=dict)
+    clean_losses: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+    def tail(self, z: torch.Tensor, detach_head: bool = True) -> torch.Tensor:
+        """Logits ``f_{l+1:L}(z)`` for activation ``z`` at the current cut; see
+        :meth:`lpa_domainbed.perturb.tail.CutForward.tail`. State-free, no parameter grads."""
+        return self.forward.tail(z, self.cut, detach_head)
+
+
+@dataclasses.dataclass
+class ProbeResult:
+    """What one training update would do to a batch, computed without changing any state.
+
+    Attributes:
+        layers: the perturbed layers' names.
+        clean, perturbed: activations at the cut before/after perturbation (one tensor; a list
+            of tensors, one per layer, when several layers are perturbed).
+        rel_perturbation: ``{layer: [C]}``, per class ``E|a~ - a| / E|a|`` (paper Figure 1);
+            NaN for classes absent from the batch.
+        clean_loss, perturbed_loss: ``[C]`` per-class mean cross-entropy without and with the
+            perturbation.
+        counts: ``[C]`` samples per class.
+    """
+
+    layers: list[str]
+    clean: Any
+    perturbed: Any
+    rel_perturbation: dict[str, torch.Tensor]
+    clean_loss: torch.Tensor
+    perturbed_loss: torch.Tensor
+    counts: torch.Tensor
+
+
+def _per_class_mean(values: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    values = values.detach().float()
+    sums = torch.zeros(num_classes, device=values.device).index_add_(0, y, values)
+    counts = torch.bincount(y, minlength=num_classes).float()
+    return sums / counts  # NaN where the class is absent: it has no value, not zero
+
+
+def flat_norms(t: torch.Tensor) -> torch.Tensor:
+    """Per-sample l2 norm in float32, ``[B, ...] -> [B]``."""
+    return t.detach().float().flatten(1).norm(dim=1)
+
+
+class ActivationPerturbation(ERM):
+    """DomainBed ``ERM`` whose activation at ``perturb_layer`` is perturbed in training.
+
+    Subclasses implement :meth:`perturb`; they may override :meth:`loss` (e.g. mixed labels),
+    :meth:`active_cuts` (choose layers per step), :meth:`after_backward` (use the training
+    gradients) and :meth:`check_hparams`. ``predict`` and DomainBed's evaluation see clean
+    activations: hooks exist only inside ``update()`` and ``probe()``.
+
+    Args (DomainBed's): input_shape, num_classes, num_domains, hparams. Missing hparams of
+    this package take their defaults.
+    """
+
+    #: PGD-based methods also report ``clean_loss`` and ``perturbed_loss``.
+    PGD: ClassVar[bool] = False
+
+    @classmethod
+    def hparam_specs(cls, dataset: str | None = None) -> list[hp.HParam]:
+        """This algorithm's hyperparameters (DomainBed registry entries)."""
+        return [hp.HParam("perturb_layer", "default", hp.fixed("default"),
+                          "layer l: a module path, 'features', 'logits' or a list of them")]
+
+    def __init__(self, input_shape, num_classes, num_domains, hparams):
+        defaults = {s.name: s.default for s in self.hparam_specs(None)}
+        super().__init__(input_shape, num_classes, num_domains, {**defaults, **hparams})
+        self.num_classes = num_classes
+        self.num_domains = num_domains
+        self.check_hparams()
+        self.cuts: list[Cut] = resolve_cuts(self, self.hparams["perturb_layer"])
+        self._cut_forward = CutForward(self.network, self.cuts)
+        self.steps_done = 0
+
+    # -- what subclasses implement ---------------------------------------------------------
+    def perturb(self, a: torch.Tensor, y: torch.Tensor, ctx: PerturbContext) -> torch.Tensor:
+        """Return the perturbed activation ``a~ = a + delta`` (paper eq. 2), same shape."""
+        raise NotImplementedError
+
+    def check_hparams(self) -> None:
+        """Raise ``ValueError`` naming an invalid hparam (called at construction)."""
+
+    def active_cuts(self, training: bool) -> list[Cut]:
+        """The cuts perturbed in this pass (default: all of ``perturb_layer``)."""
+        return self.cuts
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, ctx: PerturbContext) -> torch.Tensor:
+        """The training loss on the perturbed logits (default: cross-entropy)."""
+        return F.cross_entropy(logits, y)
+
+    def after_backward(self, ctx: PerturbContext) -> None:
+        """Called in ``update()`` after ``loss.backward()`` and the optimizer step."""
+
+    # -- the plumbing ----------------------------------------------------------------------
+    def _perturbed_pass(self, x, y, domains, training: bool):
+        active = {c.name for c in self.active_cuts(training)}
+        ctx = PerturbContext(y=y, domains=domains, step=self.steps_done, training=training,
+                             forward=self._cut_forward)
+
+        def on_cut(cut, a, forward):
+            if cut.name not in active:
+                return None
+            ctx.cut = cut
+            a_tilde = self.perturb(a, y, ctx)
+            if a_tilde.shape != a.shape:
+                raise RuntimeError(f"{type(self).__name__}.perturb changed the activation's "
+                                   f"shape at {cut.name}: {tuple(a.shape)} -> "
+                                   f"{tuple(a_tilde.shape)}")
+            ctx.clean[cut.name], ctx.perturbed[cut.name] = a, a_tilde
+            ctx.cut = None
+            return a_tilde
+
+        logits = self._cut_forward.run(x, on_cut)
+        return logits, ctx
+
+    def _rel_perturbation(self, ctx) -> torch.Tensor:
+        """Per-sample ``|a~ - a| / |a|`` averaged over the perturbed layers, ``[B]``."""
+        rel = [flat_norms(ctx.perturbed[n] - ctx.clean[n]) / flat_norms(ctx.clean[n]).clamp_min(1e-12)
+               for n in ctx.clean]
+        if not rel:
+            return torch.zeros(len(ctx.y), device=ctx.y.device)
+        return torch.stack(rel).mean(0)
+
+    def update(self, minibatches, unlabeled=None):
+        x = torch.cat([x for x, _ in minibatches])
+        y = torch.cat([y for _, y in minibatches])
+        domains = torch.cat([torch.full((len(yi),), i, dtype=torch.long, device=yi.device)
+                             for i, (_, yi) in enumerate(minibatches)])
+        logits, ctx = self._perturbed_pass(x, y, domains, training=True)
+        ctx.logits = logits
+        loss = self.loss(logits, y, ctx)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        self.after_backward(ctx)
+        self.steps_done += 1
+        out = {"loss": loss.item(), "rel_perturbation": self._rel_perturbation(ctx).mean().item()}
+        if self.PGD:
+            out["perturbed_loss"] = F.cross_entropy(logits.detach().float(), y).item()
+            if ctx.clean_losses is not None:
+                out["clean_loss"] = ctx.clean_losses.float().mean().item()
+        return out
+
+    def probe(self, x: torch.Tensor, y: torch.Tensor, domains: torch.Tensor | None = None
+              ) -> ProbeResult:
+        """What the next ``update()`` would do to the activations of ``(x, y)``, state-free.
+
+        Runs in training mode (batch statistics, dropout) but restores the RNG, the train/eval
+        mode and leaves parameters, buffers (BatchNorm running stats), ``.grad``, optimizer
+        state and the algorithm's own running state untouched.
+        """
+        if domains is None:
+            domains = torch.zeros_like(y)
+        was_training = self.training
+        devices = [x.device.index or 0] if x.device.type == "cuda" else []
+        batchnorms = self._cut_forward._batchnorms
+        try:
+            self.train()
+            with torch.random.fork_rng(devices=devices), frozen_batchnorm_stats(batchnorms):
+                logits, ctx = self._perturbed_pass(x, y, domains, training=False)
+                with torch.no_grad():
+                    clean_logits = self.network(x)
+        finally:
+            self.train(was_training)
+        C = self.num_classes
+        rel = {}
+        for name in ctx.clean:
+            norms = _per_class_mean(flat_norms(ctx.clean[name]), y, C)
+            delta = _per_class_mean(flat_norms(ctx.perturbed[name] - ctx.clean[name]), y, C)
+            rel[name] = delta / norms.clamp_min(1e-12)
+        detached = lambda d: [d[n].detach() for n in d]  # noqa: E731
+        clean, perturbed = detached(ctx.clean), detached(ctx.perturbed)
+        if len(clean) == 1:
+            clean, perturbed = clean[0], perturbed[0]
+        return ProbeResult(
+            layers=list(ctx.clean), clean=clean, perturbed=perturbed, rel_perturbation=rel,
+            clean_loss=_per_class_mean(F.cross_entropy(clean_logits.float(), y, reduction="none"), y, C),
+            perturbed_loss=_per_class_mean(
+                F.cross_entropy(logits.detach().float(), y, reduction="none"), y, C),
+            counts=torch.bincount(y, minlength=C))

@@ -1,0 +1,73 @@
+"""Dropout at a hidden layer, as an activation perturbation (paper eq. 3).
+
+``delta = a * (m / q - 1)`` with ``m ~ Bernoulli(q)``, ``q = 1 - dropout_p`` the keep
+probability (the paper's ``p``), and inverted scaling ``1 / q`` so that ``E[a~] = a``. Note the
+hparam is the *drop* rate, as in ``torch.nn.Dropout``. Variants (``dropout_kind``):
+
+* ``element``: one mask entry per activation entry;
+* ``channel``: one per (sample, channel), shared over spatial positions (``Dropout2d``);
+* ``block``: DropBlock (Ghiasi et al., 2018): contiguous ``dropout_block_size`` squares,
+  seeded with rate ``gamma = p / s^2 * HW / ((H - s + 1)(W - s + 1))``, rescaled by
+  ``numel / kept``. Needs a spatial ``[B, C, H, W]`` activation.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lpa_domainbed import hparams as hp
+from lpa_domainbed.algorithms import ALGORITHMS
+from lpa_domainbed.algorithms.base import ActivationPerturbation, merge_specs, require
+
+__all__ = ["Dropout", "dropout_mask"]
+
+KINDS = ("element", "channel", "block")
+
+
+def dropout_mask(a: torch.Tensor, p: float, kind: str, block_size: int = 3) -> torch.Tensor:
+    """The scaled mask ``m / q`` (same shape as ``a``), so that ``a~ = a * mask``."""
+    if p == 0:
+        return torch.ones_like(a)
+    keep = 1.0 - p
+    if kind == "element" or (kind == "channel" and a.dim() == 2):
+        return torch.bernoulli(torch.full_like(a, keep)) / keep
+    if kind == "channel":
+        shape = a.shape[:2] + (1,) * (a.dim() - 2)
+        return (torch.bernoulli(a.new_full(shape, keep)) / keep).expand_as(a)
+    if a.dim() != 4:
+        raise ValueError(f"dropout_kind='block' needs a [B, C, H, W] activation; this layer "
+                         f"gives {tuple(a.shape)}. Use dropout_kind='element' or 'channel'.")
+    H, W = a.shape[2:]
+    s = min(block_size, H, W)
+    gamma = p / s ** 2 * H * W / ((H - s + 1) * (W - s + 1))
+    seeds = torch.bernoulli(a.new_full((a.shape[0], a.shape[1], H - s + 1, W - s + 1),
+                                       min(gamma, 1.0)))
+    seeds = F.pad(seeds, (s // 2, s - 1 - s // 2, s // 2, s - 1 - s // 2))
+    block = F.max_pool2d(seeds, kernel_size=s, stride=1, padding=0)
+    kept = 1.0 - block
+    return kept * (kept.numel() / kept.sum().clamp_min(1.0))
+
+
+@ALGORITHMS.register("Dropout")
+class Dropout(ActivationPerturbation):
+    """Random multiplicative, class-agnostic perturbation at the chosen layer (eq. 3)."""
+
+    @classmethod
+    def hparam_specs(cls, dataset=None):
+        return merge_specs(super().hparam_specs(dataset), [
+            hp.HParam("dropout_p", 0.1, hp.choice([0.05, 0.1, 0.2, 0.3]), "drop rate, 1 - p"),
+            hp.HParam("dropout_kind", "element", hp.fixed("element"), "element|channel|block"),
+            hp.HParam("dropout_block_size", 3, hp.fixed(3), "DropBlock square side"),
+        ])
+
+    def check_hparams(self):
+        h = self.hparams
+        require(h, "dropout_p", 0 <= h["dropout_p"] < 1, "a drop rate in [0, 1)")
+        require(h, "dropout_kind", h["dropout_kind"] in KINDS, f"one of {KINDS}")
+        require(h, "dropout_block_size", int(h["dropout_block_size"]) >= 1, "an integer >= 1")
+
+    def perturb(self, a, y, ctx):
+        h = self.hparams
+        return a * dropout_mask(a, h["dropout_p"], h["dropout_kind"],
+                                int(h["dropout_block_size"])).to(a.dtype)

@@ -1,0 +1,174 @@
+"""Perturbation layers ("cuts") chosen by name.
+
+A cut is a module whose output ``a`` is replaced by ``a + delta`` (paper eq. 2). Names are
+dotted module paths relative to the algorithm (``featurizer.network.layer3``), a unique suffix
+of one (``layer3``), or the aliases:
+
+* ``features``: the featurizer output (the penultimate layer, input of the classifier);
+* ``logits``: the classifier output (LPA there is LPL, paper 3.4.2);
+* ``default``: the network's default cut (below).
+
+Like timm's ``feature_info``, each DomainBed featurizer declares its stages
+(:data:`NETWORK_STAGES`). They give the default cut and the depth ``L - l`` used by the
+layer scaling ``gamma_l = beta ** (L - l)`` (paper eq. 15): ``L - l`` is the number of stages
+after the one holding the cut, the classifier counting as the last stage. So for ResNet-50,
+``layer3`` has ``L - l = 2`` (``layer4``, classifier), ``features`` 1 and ``logits`` 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Callable
+
+import torch.nn as nn
+
+__all__ = ["Cut", "NETWORK_STAGES", "Stages", "resolve_cuts", "valid_layer_names",
+           "network_stages"]
+
+ALIASES = ("default", "features", "logits")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stages:
+    """A featurizer's stages (module paths relative to the algorithm, in execution order)
+    and its default cut."""
+
+    names: tuple[str, ...]
+    default: str
+
+
+def _resnet(featurizer) -> Stages:
+    names = tuple(f"featurizer.network.layer{i}" for i in range(1, 5))
+    return Stages(names, "featurizer.network.layer3")  # paper 4.1: output of stage 3
+
+
+def _mnist_cnn(featurizer) -> Stages:
+    # Conv block k is conv_k -> relu -> bn_{k-1} (GroupNorm); its output is the bn module's.
+    return Stages(("featurizer.bn0", "featurizer.bn1", "featurizer.bn2", "featurizer.bn3"),
+                  "featurizer.bn2")  # third conv block, the analogue of ResNet's stage 3
+
+
+def _wide_resnet(featurizer) -> Stages:
+    # WRN-16-2 has three stages; the paper perturbs "the corresponding layer in WRN-28-10"
+    # to ResNet-110's stage-3 output, i.e. the output of the last stage.
+    return Stages(("featurizer.layer1", "featurizer.layer2", "featurizer.layer3"),
+                  "featurizer.layer3")
+
+
+def _mlp(featurizer) -> Stages:
+    hidden = [f"featurizer.hiddens.{i}" for i in range(len(featurizer.hiddens))]
+    names = ("featurizer.input", *hidden, "featurizer.output")
+    # The last hidden layer: like ResNet's layer3, two stages (output, classifier) follow it.
+    return Stages(names, names[-2])
+
+
+def _stage_table() -> dict[type, Callable[[nn.Module], Stages]]:
+    from domainbed import networks
+    from domainbed.lib import wide_resnet
+
+    return {networks.ResNet: _resnet, networks.MNIST_CNN: _mnist_cnn,
+            wide_resnet.Wide_ResNet: _wide_resnet, networks.MLP: _mlp}
+
+
+#: featurizer class -> function returning its :class:`Stages`. Add an entry for a new network.
+NETWORK_STAGES: dict[type, Callable[[nn.Module], Stages]] = {}
+
+
+def network_stages(featurizer: nn.Module) -> Stages:
+    if not NETWORK_STAGES:
+        NETWORK_STAGES.update(_stage_table())
+    for cls, describe in NETWORK_STAGES.items():
+        if isinstance(featurizer, cls):
+            return describe(featurizer)
+    return Stages((), "features")  # unknown network: the penultimate layer is always there
+
+
+@dataclasses.dataclass(frozen=True)
+class Cut:
+    """One perturbation layer.
+
+    Attributes:
+        name: canonical name relative to the algorithm (``featurizer.network.layer3``,
+            ``features`` or ``logits``).
+        module: the module whose output is perturbed.
+        depth: ``L - l``, the number of stages after the cut (0 at the logits).
+    """
+
+    name: str
+    module: nn.Module = dataclasses.field(compare=False, repr=False)
+    depth: int
+
+    @property
+    def is_logits(self) -> bool:
+        return self.name == "logits"
+
+
+def valid_layer_names(algorithm) -> list[str]:
+    """Every name :func:`resolve_cuts` accepts for ``algorithm`` (aliases first)."""
+    names = [f"featurizer.{n}" for n, _ in algorithm.featurizer.named_modules() if n]
+    names += [f"classifier.{n}" for n, _ in algorithm.classifier.named_modules() if n]
+    return [*ALIASES, *network_stages(algorithm.featurizer).names, *names]
+
+
+def _depth(algorithm, name: str, stages: Stages) -> int:
+    if name == "logits" or name.startswith("classifier"):
+        return 0
+    if name == "features":
+        return 1
+    units = list(stages.names)
+    for i, stage in enumerate(units):
+        if name == stage or name.startswith(stage + "."):
+            return len(units) - i  # stages after this one, plus the classifier
+    # Outside every stage: before the first one (a stem) or after the last (pooling).
+    order = [f"featurizer.{n}" for n, _ in algorithm.featurizer.named_modules() if n]
+    if units and order.index(name) < order.index(units[0]):
+        return len(units) + 1
+    return 1
+
+
+def _canonical(algorithm, name: str, stages: Stages, valid: list[str]) -> str:
+    if name == "default":
+        name = stages.default
+    if name in ("features", "featurizer"):
+        return "features"
+    if name in ("logits", "classifier"):
+        return "logits"
+    if name in valid:
+        return name
+    suffix = [v for v in valid if v.endswith("." + name)]
+    if len(suffix) == 1:
+        return suffix[0]
+    close = difflib.get_close_matches(name, valid, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    if len(suffix) > 1:
+        raise ValueError(f"perturb_layer {name!r} is ambiguous: it matches {suffix}. "
+                         f"Use the full dotted path.")
+    raise ValueError(
+        f"perturb_layer {name!r} is not a layer of this network "
+        f"({type(algorithm.featurizer).__name__}).{hint} Valid names: {', '.join(valid)}. "
+        f"They are the aliases, the network's stages, and the dotted paths of "
+        f"[n for n, _ in algorithm.featurizer.named_modules()] prefixed with 'featurizer.'.")
+
+
+def resolve_cuts(algorithm, names) -> list[Cut]:
+    """Turn the ``perturb_layer`` hparam (a name, a comma-separated string or a list of names)
+    into :class:`Cut` objects, in the order given. Raises ``ValueError`` for an unknown name."""
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    names = list(names)
+    if not names:
+        raise ValueError("perturb_layer is empty: give a layer name, e.g. 'default'")
+    stages = network_stages(algorithm.featurizer)
+    valid = valid_layer_names(algorithm)
+    modules = {"features": algorithm.featurizer, "logits": algorithm.classifier}
+    modules.update((n, m) for n, m in algorithm.named_modules() if n)
+    cuts = []
+    for raw in names:
+        if not isinstance(raw, str):
+            raise ValueError(f"perturb_layer entries must be strings, got {raw!r}")
+        name = _canonical(algorithm, raw, stages, valid)
+        if any(c.name == name for c in cuts):
+            raise ValueError(f"perturb_layer lists {name!r} twice")
+        cuts.append(Cut(name, modules[name], _depth(algorithm, name, stages)))
+    return cuts
