@@ -16,3 +16,8 @@ def load() -> Registry:
     from lpa_domainbed.algorithms import ada, dropout, lpa, manifold_mixup  # noqa: F401
 
     return ALGORITHMS
+
+
+# Import DomainBed's module first, so that the autoload hook (which runs right after it and
+# imports the algorithm modules above) never meets one of them half-imported.
+import domainbed.algorithms  # noqa: E402,F401

@@ -13,3 +13,7 @@ def load() -> Registry:
     from lpa_domainbed.datasets import rotated_digits  # noqa: F401  (registers on import)
 
     return DATASETS
+
+
+# See lpa_domainbed.algorithms: DomainBed's module first, so the autoload hook runs cleanly.
+import domainbed.datasets  # noqa: E402,F401

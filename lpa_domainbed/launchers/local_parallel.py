@@ -68,16 +68,18 @@ def local_parallel_launcher(commands: list[str], max_jobs: int | None = None) ->
     failed: list[tuple[str, str, int]] = []
     done = 0
     start = time.time()
-    last_report = None
+    last_report = (-1, -1, 0.0)
 
     def report():
+        """One line whenever a job finishes, and at least every 30 s."""
         nonlocal last_report
-        line = (f"[local_parallel] {done + len(failed)}/{total} finished "
-                f"({len(failed)} failed), {len(running)} running, {len(pending)} waiting, "
-                f"{time.time() - start:.0f}s")
-        if line.split(",")[:3] != (last_report or "").split(",")[:3]:
-            print(line, flush=True)
-            last_report = line
+        finished = done + len(failed)
+        now = time.time()
+        if (finished, len(failed)) != last_report[:2] or now - last_report[2] > 30:
+            print(f"[local_parallel] {finished}/{total} finished ({len(failed)} failed), "
+                  f"{len(running)} running, {len(pending)} waiting, {now - start:.0f}s",
+                  flush=True)
+            last_report = (finished, len(failed), now)
 
     try:
         while pending or running:

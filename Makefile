@@ -1,0 +1,88 @@
+# lpa_domainbed: every target prints what it does. Two commands matter on a fresh machine:
+#   make demo    the main job (leave-one-domain-out sweep on the embedded dataset + tables)
+#   make test    the test suite
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DOMAINBED_DIR ?= $(HOME)/.cache/lpa-domainbed/DomainBed
+DOMAINBED_URL ?= https://github.com/facebookresearch/DomainBed.git
+DOMAINBED_COMMIT := b93c22a
+# torch/torchvision as this project is tested with; override for your CUDA, e.g.
+#   make setup TORCH_SPEC="torch torchvision --index-url https://download.pytorch.org/whl/cu121"
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.lpa-setup-done
+
+NAME ?= demo
+INPUT_DIR ?= sweeps_output/demo
+DATA_DIR ?= sweeps_output/data
+OUTPUT_DIR ?= sweeps_output/$(NAME)
+LAUNCHER ?=
+
+.PHONY: setup domainbed test demo sweep sweep-dry-run tables clean-venv help
+
+help:
+	@echo "make demo | test | setup | domainbed | sweep NAME=.. DATA_DIR=.. OUTPUT_DIR=.. [LAUNCHER=..] | tables INPUT_DIR=.. NAME=.."
+
+$(STAMP): pyproject.toml
+	@echo "==> creating the virtual environment $(VENV) with $(PYTHON)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "==> installing $(TORCH_SPEC)"
+	@$(PY) -m pip install -q $(TORCH_SPEC)
+	@echo "==> installing lpa-domainbed (editable) with its dependencies and DomainBed's import-time requirements"
+	@$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+	@$(MAKE) --no-print-directory domainbed OPTIONAL=1
+
+# Finds DomainBed in DOMAINBED_DIR, clones it at the pinned commit when absent and the network
+# allows, and puts it on the virtual environment's path (a .pth file in site-packages).
+domainbed: $(STAMP)
+	@set -e; dir="$(DOMAINBED_DIR)"; \
+	if [ ! -f "$$dir/domainbed/algorithms.py" ]; then \
+	  echo "==> DomainBed not found in $$dir: cloning $(DOMAINBED_URL) at $(DOMAINBED_COMMIT)"; \
+	  mkdir -p "$$(dirname "$$dir")"; \
+	  if ! git clone -q "$(DOMAINBED_URL)" "$$dir" 2>/dev/null; then \
+	    rm -rf "$$dir"; \
+	    echo "DomainBed is not in $$dir and cannot be cloned (no network?). Do this, then rerun:"; \
+	    echo "  git clone <a copy of github.com/facebookresearch/DomainBed> $$dir"; \
+	    echo "  git -C $$dir checkout $(DOMAINBED_COMMIT)"; \
+	    echo "or point DOMAINBED_DIR at an existing checkout: make $(MAKECMDGOALS) DOMAINBED_DIR=/path/to/DomainBed"; \
+	    if [ -n "$(OPTIONAL)" ]; then echo "(continuing without DomainBed: its integration tests will be skipped)"; exit 0; fi; \
+	    exit 1; \
+	  fi; \
+	fi; \
+	head=$$(git -C "$$dir" rev-parse HEAD 2>/dev/null || echo unknown); \
+	case "$$head" in $(DOMAINBED_COMMIT)*) echo "==> DomainBed at $$dir, commit $(DOMAINBED_COMMIT) (pinned)";; \
+	  *) echo "==> DomainBed at $$dir is at $${head:0:7}; checking out the pinned $(DOMAINBED_COMMIT)"; \
+	     git -C "$$dir" checkout -q $(DOMAINBED_COMMIT) || { echo "cannot check out $(DOMAINBED_COMMIT) in $$dir: commit or stash local changes, or fetch it"; exit 1; };; \
+	esac; \
+	site=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
+	echo "$$(cd "$$dir" && pwd)" > "$$site/_lpa_domainbed_domainbed.pth"; \
+	echo "==> DomainBed importable from $(VENV) ($$site/_lpa_domainbed_domainbed.pth)"
+
+test: setup
+	@echo "==> running the tests: $(PY) -m pytest"
+	@$(PY) -m pytest
+
+demo: $(STAMP)
+	@$(MAKE) --no-print-directory domainbed
+	@echo "==> demo: leave-one-domain-out sweep on RotatedDigits through DomainBed's sweep, then tables"
+	@$(PY) -m lpa_domainbed.cli demo
+
+sweep: $(STAMP)
+	@$(MAKE) --no-print-directory domainbed
+	@echo "==> sweep $(NAME): sweeps/$(NAME).toml -> python -m domainbed.scripts.sweep launch"
+	@$(PY) -m lpa_domainbed.cli sweep $(NAME) --data_dir $(DATA_DIR) --output_dir $(OUTPUT_DIR) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(DRY_RUN),--dry_run)
+
+sweep-dry-run:
+	@$(MAKE) --no-print-directory sweep DRY_RUN=1
+
+tables: $(STAMP)
+	@echo "==> tables $(NAME) from $(INPUT_DIR) -> results/$(NAME)/"
+	@$(PY) -m lpa_domainbed.tables --input_dir $(INPUT_DIR) --name $(NAME)
+
+clean-venv:
+	@echo "==> removing $(VENV)"
+	rm -rf $(VENV)

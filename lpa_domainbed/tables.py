@@ -1,0 +1,477 @@
+"""Result tables for DomainBed sweeps: the aggregation behind ``make tables``.
+
+The numbers are DomainBed's own: records are grouped with
+:func:`domainbed.lib.reporting.get_grouped_records`, scored with each selection method's
+``sweep_acc`` and summarised with ``collect_results.format_mean`` (100 * mean,
+100 * std(data / sqrt(n))), exactly as ``collect_results.print_results_tables`` does. On top of
+that this module reads several sweep directories, survives corrupt lines, explains empty cells,
+and writes Markdown, LaTeX, tidy CSV, bar charts and a comparison with published numbers.
+
+Run ``python -m lpa_domainbed.tables --input_dir DIR [DIR ...] --name NAME``.
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tabulate import tabulate
+
+from domainbed import algorithms, datasets, model_selection
+from domainbed.lib import reporting
+from domainbed.lib.query import Q
+from domainbed.scripts.collect_results import format_mean
+
+__all__ = [
+    "SELECTION_METHODS", "LoadReport", "NoRecordsError", "TablesResult", "load_records",
+    "compute_tables", "format_table", "compare_with_published", "copy_reference",
+    "make_tables", "main",
+]
+
+# Keys double as the ``model_selection`` values of the published-results CSV.
+SELECTION_METHODS = {
+    "training_domain_validation": model_selection.IIDAccuracySelectionMethod,
+    "leave_one_out": model_selection.LeaveOneOutSelectionMethod,
+    "oracle": model_selection.OracleSelectionMethod,
+}
+SHARED_REFERENCE_CSV = Path("/work/shared/reference/published_results.csv")
+HOW_TO_GET_RESULTS = "run the sweep first: make sweep NAME=... or make demo"
+CSV_COLUMNS = ["selection", "dataset", "algorithm", "test_env", "mean", "se", "n_trials", "note"]
+
+
+class NoRecordsError(ValueError):
+    """The input directories exist but hold no result records."""
+
+
+@dataclasses.dataclass
+class LoadReport:
+    """What :func:`load_records` found: record and job counts, skipped lines, unfinished jobs."""
+
+    input_dirs: list
+    n_records: int = 0
+    n_jobs: int = 0
+    skipped_lines: dict = dataclasses.field(default_factory=dict)  # results.jsonl path -> count
+    incomplete_jobs: list = dataclasses.field(default_factory=list)  # job dirs without `done`
+
+    def summary(self):
+        """One line for humans."""
+        text = f"{self.n_records} records from {self.n_jobs} jobs"
+        if self.skipped_lines:
+            text += f"; skipped {sum(self.skipped_lines.values())} corrupt lines"
+        if self.incomplete_jobs:
+            text += f"; incomplete jobs: {', '.join(self.incomplete_jobs)}"
+        return text
+
+
+@dataclasses.dataclass
+class TablesResult:
+    """What :func:`make_tables` computed and wrote. ``cells``: tidy numbers (percent) per
+    selection/dataset/algorithm/held-out domain and 'Avg', plus formatted ``text``;
+    ``overview``: DomainBed's averages table (dataset 'Avg' = mean over datasets), same columns.
+    """
+
+    out_dir: Path
+    report: LoadReport
+    cells: pd.DataFrame
+    overview: pd.DataFrame
+    markdown: dict
+    files: list
+    comparison: pd.DataFrame = None
+
+    def table(self, selection, dataset=None):
+        """Formatted strings: one dataset's table, or the overview when ``dataset`` is None."""
+        if dataset is None:
+            return format_table(self.overview[self.overview.selection == selection], "dataset")
+        rows = self.cells[(self.cells.selection == selection) & (self.cells.dataset == dataset)]
+        return format_table(rows, "test_env")
+
+
+# ----------------------------------------------------------------------------- loading
+def _parse_record(line):
+    """A DomainBed record (a dict with 'args') from one line, or None if it is corrupt."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) and "args" in record else None
+
+
+def _read_jsonl(path):
+    """Return (records, number of non-empty lines that are not a record)."""
+    with open(path, "r", errors="replace") as handle:
+        parsed = [_parse_record(line) for line in handle if line.strip()]
+    records = [r for r in parsed if r is not None]
+    return records, len(parsed) - len(records)
+
+
+def load_records(input_dirs):
+    """Read every ``<input_dir>/<job>/results.jsonl`` like ``reporting.load_records``.
+
+    Accepts one directory or a list. Corrupt or truncated lines are skipped, counted and
+    warned about; jobs with output but no ``done`` file are listed in the report.
+    Returns ``(Q(records), LoadReport)``.
+    """
+    input_dirs = [Path(d) for d in ([input_dirs] if isinstance(input_dirs, (str, Path))
+                                    else input_dirs)]
+    for input_dir in input_dirs:
+        if not input_dir.is_dir():
+            raise FileNotFoundError(f"sweep output directory {input_dir} does not exist; "
+                                    f"{HOW_TO_GET_RESULTS}, or pass --input_dir DIR")
+    records, report = [], LoadReport(input_dirs=[str(d) for d in input_dirs])
+    for job_dir in sorted(j for d in input_dirs for j in d.iterdir() if j.is_dir()):
+        results_path = job_dir / "results.jsonl"
+        if results_path.is_file():
+            job_records, bad_lines = _read_jsonl(results_path)
+            records.extend(job_records)
+            report.n_jobs += 1
+            if bad_lines:
+                report.skipped_lines[str(results_path)] = bad_lines
+        has_output = results_path.is_file() or (job_dir / "out.txt").is_file()
+        if has_output and not (job_dir / "done").exists():
+            report.incomplete_jobs.append(str(job_dir))
+    report.n_records = len(records)
+    if report.skipped_lines:
+        warnings.warn(f"skipped {sum(report.skipped_lines.values())} corrupt line(s) in "
+                      f"{len(report.skipped_lines)} file(s): {', '.join(report.skipped_lines)}")
+    if report.incomplete_jobs:
+        warnings.warn(f"{len(report.incomplete_jobs)} incomplete job(s) (no 'done' file): "
+                      f"{', '.join(report.incomplete_jobs)}")
+    return Q(records), report
+
+
+# ----------------------------------------------------------------------------- numbers
+def _in_registry_order(found, registry):
+    """DomainBed's order: names in ``registry`` order first, then the others as given."""
+    return [n for n in registry if n in found] + [n for n in found if n not in registry]
+
+
+def _environment_names(dataset, records):
+    """Held-out domain names from the dataset class, or env indices for unknown datasets."""
+    try:
+        return list(datasets.get_dataset_class(dataset).ENVIRONMENTS)
+    except NotImplementedError:
+        example = records.filter_equals("args.dataset", dataset)[0]
+        return [str(i) for i in range(sum(f"env{i}_in_acc" in example for i in range(100)))]
+
+
+def _empty_cell_note(groups, selection):
+    """Why a (dataset, algorithm, held-out domain) cell has no number."""
+    if not groups:
+        return "no runs"
+    records = [r for g in groups for r in g["records"]]
+    if not any(len(r["args"]["test_envs"]) == 1 for r in records):
+        return "needs 1-env runs"
+    return "needs 2-env runs" if selection == "leave_one_out" else "no selectable runs"
+
+
+def _row(selection, dataset, algorithm, test_env, mean=math.nan, se=math.nan, n=0, note=""):
+    return dict(selection=selection, dataset=dataset, algorithm=algorithm, test_env=test_env,
+                mean=mean, se=se, n_trials=n, note=note)
+
+
+def _domain_rows(selection, dataset, algorithm, env_names, groups_by_key, n_expected):
+    """One row per held-out domain: format_mean over the trials' selected accuracies."""
+    rows = []
+    for env, env_name in enumerate(env_names):
+        groups = groups_by_key.get((dataset, algorithm, env), [])
+        accs = Q([g["sweep_acc"] for g in groups if g["sweep_acc"] is not None])
+        if not len(accs):
+            rows.append(_row(selection, dataset, algorithm, env_name,
+                             note=_empty_cell_note(groups, selection)))
+            continue
+        mean, se, _ = format_mean(accs, False)
+        note = f"incomplete ({len(accs)}/{n_expected} trials)" if len(accs) < n_expected else ""
+        rows.append(_row(selection, dataset, algorithm, env_name, mean, se, len(accs), note))
+    return rows
+
+
+def _trial_averages(scored, dataset, algorithm):
+    """Per trial, the mean selected accuracy over domains (DomainBed's averages table)."""
+    return (scored.filter_equals("algorithm, dataset", (algorithm, dataset))
+            .group("trial_seed")
+            .map(lambda trial_seed, group: group.select("sweep_acc").mean()))
+
+
+def _missing_parts_note(rows, parts):
+    """Note for an average over rows of which some have no number."""
+    n_filled = sum(not math.isnan(r["mean"]) for r in rows)
+    if n_filled:
+        return f"incomplete ({n_filled}/{len(rows)} {parts})"
+    notes = {r["note"] for r in rows}
+    return notes.pop() if len(notes) == 1 else "no results"
+
+
+def _average_row(selection, dataset, algorithm, domain_rows, scored, n_expected):
+    """The 'Avg' column: mean over domains (DomainBed), se over per-trial averages."""
+    means = [r["mean"] for r in domain_rows]
+    if any(math.isnan(m) for m in means):
+        return _row(selection, dataset, algorithm, "Avg",
+                    note=_missing_parts_note(domain_rows, "domains"))
+    trial_averages = _trial_averages(scored, dataset, algorithm)
+    _, se, _ = format_mean(trial_averages, False)
+    n_complete = min(r["n_trials"] for r in domain_rows)
+    note = f"incomplete ({n_complete}/{n_expected} trials)" if n_complete < n_expected else ""
+    return _row(selection, dataset, algorithm, "Avg", sum(means) / len(means), se,
+                len(trial_averages), note)
+
+
+def _overview_rows(selection, datasets_, algorithm, cells, scored):
+    """DomainBed's averages table for one algorithm, plus the mean over datasets."""
+    rows = []
+    for dataset in datasets_:
+        average = cells[(dataset, algorithm)]
+        if math.isnan(average["mean"]):
+            rows.append({**average, "dataset": dataset})
+            continue
+        mean, se, _ = format_mean(_trial_averages(scored, dataset, algorithm), False)
+        rows.append(_row(selection, dataset, algorithm, "Avg", mean, se,
+                         average["n_trials"], average["note"]))
+    means = [r["mean"] for r in rows]
+    if any(math.isnan(m) for m in means):
+        rows.append(_row(selection, "Avg", algorithm, "Avg",
+                         note=_missing_parts_note(rows, "datasets")))
+    else:
+        rows.append(_row(selection, "Avg", algorithm, "Avg", sum(means) / len(means),
+                         n=min(r["n_trials"] for r in rows)))
+    return rows
+
+
+def compute_tables(records, selections=tuple(SELECTION_METHODS)):
+    """Return tidy DataFrames ``(cells, overview)`` for the given selection method keys."""
+    grouped = reporting.get_grouped_records(records)
+    algorithm_names = _in_registry_order(records.select("args.algorithm").unique(),
+                                         algorithms.ALGORITHMS)
+    dataset_names = _in_registry_order(records.select("args.dataset").unique().sorted(),
+                                       datasets.DATASETS)
+    cell_rows, overview_rows = [], []
+    for selection in selections:
+        method = SELECTION_METHODS[selection]
+        all_scored = grouped.map(lambda g: {**g, "sweep_acc": method.sweep_acc(g["records"])})
+        scored = all_scored.filter(lambda g: g["sweep_acc"] is not None)
+        groups_by_key = {}
+        for group in all_scored:
+            key = (group["dataset"], group["algorithm"], group["test_env"])
+            groups_by_key.setdefault(key, []).append(group)
+        averages = {}
+        for dataset in dataset_names:
+            env_names = _environment_names(dataset, records)
+            n_expected = len(grouped.filter_equals("dataset", dataset)
+                             .select("trial_seed").unique())
+            for algorithm in algorithm_names:
+                rows = _domain_rows(selection, dataset, algorithm, env_names, groups_by_key,
+                                    n_expected)
+                rows.append(_average_row(selection, dataset, algorithm, rows, scored, n_expected))
+                averages[(dataset, algorithm)] = rows[-1]
+                cell_rows.extend(rows)
+        for algorithm in algorithm_names:
+            overview_rows.extend(_overview_rows(selection, dataset_names, algorithm, averages,
+                                                scored))
+    return _tidy_frame(cell_rows), _tidy_frame(overview_rows)
+
+
+def _tidy_frame(rows):
+    frame = pd.DataFrame(rows, columns=CSV_COLUMNS)
+    frame["text"] = [_format_cell(*r) for r in zip(frame["mean"], frame["se"], frame["note"])]
+    return frame
+
+
+# ----------------------------------------------------------------------------- formatting
+def _format_cell(mean, se, note):
+    """'71.0 ± 0.7', '71.0 ± 0.7, incomplete (1/2 trials)', or just the note."""
+    if math.isnan(mean):
+        return note or "X"
+    text = f"{mean:.1f}" if math.isnan(se) else f"{mean:.1f} ± {se:.1f}"
+    return f"{text}, {note}" if note else text
+
+
+def format_table(rows, column):
+    """Pivot tidy rows to a strings table: algorithms x ``column`` values, in input order."""
+    table = rows.pivot(index="algorithm", columns=column, values="text")
+    table = table.reindex(index=list(dict.fromkeys(rows.algorithm)),
+                          columns=list(dict.fromkeys(rows[column])))
+    table.index.name, table.columns.name = "Algorithm", None
+    return table
+
+
+def _latex_escape(text):
+    for char in "\\&%$#_{}":
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+def _markdown_table(table):
+    return tabulate(table, headers="keys", tablefmt="pipe", disable_numparse=True)
+
+
+def _latex_table(table, caption):
+    body = tabulate(table, headers="keys", tablefmt="latex_booktabs",
+                    disable_numparse=True).replace("±", r"$\pm$")
+    return ("\\begin{table}[ht]\n\\centering\n\\caption{" + _latex_escape(caption) + "}\n"
+            + body + "\n\\end{table}\n")
+
+
+def _sections(result, selection):
+    """(title, strings table) for each dataset, then the overview."""
+    cells = result.cells[result.cells.selection == selection]
+    sections = [(f"Dataset: {d}", result.table(selection, d)) for d in cells.dataset.unique()]
+    return sections + [("Averages", result.table(selection))]
+
+
+def _write_selection_files(result, selection, name):
+    """Markdown, LaTeX and tidy CSV for one selection method; returns the Markdown text."""
+    method_name = SELECTION_METHODS[selection].name
+    sections = _sections(result, selection)
+    markdown = f"# {name}: model selection: {method_name}\n\n{result.report.summary()}\n"
+    markdown += "".join(f"\n## {title}\n\n{_markdown_table(t)}\n" for title, t in sections)
+    latex = "".join(_latex_table(t, f"{title}, model selection: {method_name}")
+                    for title, t in sections)
+    base = result.out_dir / selection
+    base.with_suffix(".md").write_text(markdown)
+    base.with_suffix(".tex").write_text(latex)
+    csv_rows = pd.concat([result.cells[result.cells.selection == selection],
+                          result.overview[(result.overview.selection == selection)
+                                          & (result.overview.dataset == "Avg")]])
+    csv_rows[CSV_COLUMNS].to_csv(base.with_suffix(".csv"), index=False)
+    result.files += [base.with_suffix(s) for s in (".md", ".tex", ".csv")]
+    return markdown
+
+
+def _plot_dataset(rows, path, title):
+    """Grouped bar chart: one bar per algorithm per held-out domain + Avg, error bars = se."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    columns = list(dict.fromkeys(rows.test_env))
+    algorithm_names = list(dict.fromkeys(rows.algorithm))
+    figure = Figure(figsize=(min(24.0, max(6.0, 0.6 * len(columns) * len(algorithm_names))), 4))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    width = 0.8 / len(algorithm_names)
+    for i, algorithm in enumerate(algorithm_names):
+        values = rows[rows.algorithm == algorithm].set_index("test_env").reindex(columns)
+        filled = values["mean"].notna().to_numpy()
+        x = np.arange(len(columns))[filled] + (i - (len(algorithm_names) - 1) / 2) * width
+        axes.bar(x, values["mean"][filled], width, yerr=values["se"][filled].fillna(0),
+                 capsize=2, label=algorithm)
+    axes.set_xticks(np.arange(len(columns)), columns)
+    axes.set_ylabel("test accuracy (%)")
+    axes.set_title(title)
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+# ----------------------------------------------------------------------------- reference
+def copy_reference(source=SHARED_REFERENCE_CSV,
+                   destination=Path("results/reference/published_results.csv")):
+    """Copy the published-results CSV (facts only, unchanged) into the project."""
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, destination)
+    return destination
+
+
+def compare_with_published(overview, reference):
+    """Our dataset averages beside published ones (same algorithm and model selection).
+
+    Rows whose model selection is 'unspecified' are shown beside our training-domain
+    validation numbers, labelled as such. Returns an empty DataFrame when nothing matches.
+    """
+    ours = overview[overview.dataset != "Avg"].set_index(["selection", "dataset", "algorithm"])
+    rows = []
+    for published in reference.to_dict("records"):
+        selection = published["model_selection"]
+        our_selection = "training_domain_validation" if selection == "unspecified" else selection
+        for dataset in overview.dataset.unique():
+            key = (our_selection, dataset, published["algorithm"])
+            if dataset not in published or pd.isna(published[dataset]) or key not in ours.index:
+                continue
+            our_mean = ours.loc[key, "mean"]
+            if not math.isnan(our_mean):
+                rows.append({"dataset": dataset, "algorithm": published["algorithm"],
+                             "our selection": our_selection, "ours": our_mean,
+                             "published": float(published[dataset]),
+                             "published selection": selection, "source": published["source"],
+                             "ours - published": our_mean - float(published[dataset])})
+    return pd.DataFrame(rows)
+
+
+def _write_comparison(result, reference_csv):
+    """Write reference_comparison.md when our datasets/algorithms meet published ones."""
+    comparison = compare_with_published(result.overview, pd.read_csv(reference_csv))
+    if comparison.empty:
+        return None
+    path = result.out_dir / "reference_comparison.md"
+    markdown = ("# Ours vs published (dataset averages, %)\n\nPublished rows with 'unspecified' "
+                "model selection are shown beside our training-domain validation numbers.\n\n"
+                + tabulate(comparison, headers="keys", tablefmt="pipe", floatfmt=".1f",
+                           showindex=False) + "\n")
+    path.write_text(markdown)
+    print(markdown)
+    result.files.append(path)
+    return comparison
+
+
+# ----------------------------------------------------------------------------- entry points
+def make_tables(input_dirs, name, out_root="results", reference_csv=None, plots=True):
+    """Load sweeps, compute all tables, write them under ``<out_root>/<name>/``, print Markdown."""
+    records, report = load_records(input_dirs)
+    if not len(records):
+        raise NoRecordsError(f"no results.jsonl records in {', '.join(report.input_dirs)}; "
+                             f"{HOW_TO_GET_RESULTS}")
+    cells, overview = compute_tables(records)
+    out_dir = Path(out_root) / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = TablesResult(out_dir, report, cells, overview, markdown={}, files=[])
+    for selection in SELECTION_METHODS:
+        result.markdown[selection] = _write_selection_files(result, selection, name)
+        print(result.markdown[selection])
+    if plots:
+        _write_plots(result)
+    if reference_csv is None:
+        reference_csv = Path(out_root) / "reference" / "published_results.csv"
+        reference_csv = reference_csv if reference_csv.is_file() else None
+    if reference_csv is not None:
+        result.comparison = _write_comparison(result, reference_csv)
+    return result
+
+
+def _write_plots(result):
+    """One bar chart per dataset for training-domain validation (skips empty datasets)."""
+    validation = result.cells[result.cells.selection == "training_domain_validation"]
+    for dataset in validation.dataset.unique():
+        rows = validation[validation.dataset == dataset]
+        if rows["mean"].notna().any():
+            path = result.out_dir / f"{dataset}_training_domain_validation.png"
+            _plot_dataset(rows, path, f"{dataset}, training-domain validation")
+            result.files.append(path)
+
+
+def main(argv=None):
+    """Command line: ``python -m lpa_domainbed.tables --input_dir DIR [DIR ...] --name NAME``."""
+    parser = argparse.ArgumentParser(description="Result tables for DomainBed sweeps")
+    parser.add_argument("--input_dir", nargs="+", required=True, help="sweep output dir(s)")
+    parser.add_argument("--name", required=True, help="writes results/<name>/")
+    parser.add_argument("--out_root", default="results")
+    parser.add_argument("--reference_csv", default=None)
+    parser.add_argument("--no-plots", dest="plots", action="store_false")
+    args = parser.parse_args(argv)
+    try:
+        result = make_tables(args.input_dir, args.name, args.out_root, args.reference_csv,
+                             args.plots)
+    except (FileNotFoundError, NoRecordsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{result.report.summary()}\nwrote {len(result.files)} files to {result.out_dir}",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
