@@ -50,8 +50,8 @@ def _check_clash(module, name, obj, what):
             f"({existing!r}). DomainBed's built-ins are never replaced; rename ours.")
 
 
-@_once
 def _register_algorithms(module):
+    # Not once-only: an algorithm registered later (a user's own) is added on the next call.
     from lpa_domainbed.algorithms import load
 
     for name, cls in load().items():
@@ -62,7 +62,6 @@ def _register_algorithms(module):
             module.ALGORITHMS.append(name)
 
 
-@_once
 def _register_datasets(module):
     from lpa_domainbed.datasets import load
 
@@ -100,7 +99,6 @@ def _patch_hparams(module):
     module._hparams = _hparams
 
 
-@_once
 def _register_launchers(module):
     from lpa_domainbed.launchers import LAUNCHERS
 
