@@ -13,7 +13,10 @@ ALGORITHMS: Registry = Registry("algorithm")
 
 def load() -> Registry:
     """Import the algorithm modules (they import torch and DomainBed); return the registry."""
-    from lpa_domainbed.algorithms import ada, dropout, lpa, manifold_mixup  # noqa: F401
+    # Import order is registration order, which is the order of rows in the tables.
+    from lpa_domainbed.algorithms import lpa  # noqa: F401  (LPA, LPL, LPA_LPL)
+    from lpa_domainbed.algorithms import dropout, manifold_mixup, ada  # noqa: F401
+    from lpa_domainbed.algorithms import mixstyle, dsu  # noqa: F401
 
     return ALGORITHMS
 

@@ -83,14 +83,6 @@ def local_parallel_launcher(commands: list[str], max_jobs: int | None = None) ->
 
     try:
         while pending or running:
-            while pending and len(running) < max_jobs:
-                index, command = pending.pop(0)
-                log = _log_path(command, fallback_dir, index)
-                handle = open(log, "w")
-                proc = subprocess.Popen(command, shell=True, stdout=handle,
-                                        stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True)
-                running[proc] = (index, command, log, handle)
             for proc in [p for p in running if p.poll() is not None]:
                 index, command, log, handle = running.pop(proc)
                 handle.close()
@@ -100,6 +92,14 @@ def local_parallel_launcher(commands: list[str], max_jobs: int | None = None) ->
                     failed.append((command, log, proc.returncode))
                     print(f"[local_parallel] job {index} failed (exit {proc.returncode}); "
                           f"log: {log}", file=sys.stderr, flush=True)
+            while pending and len(running) < max_jobs:
+                index, command = pending.pop(0)
+                log = _log_path(command, fallback_dir, index)
+                handle = open(log, "w")
+                proc = subprocess.Popen(command, shell=True, stdout=handle,
+                                        stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True)
+                running[proc] = (index, command, log, handle)
             report()
             time.sleep(_POLL_SECONDS)
     except KeyboardInterrupt:

@@ -6,7 +6,9 @@ of one (``layer3``), or the aliases:
 
 * ``features``: the featurizer output (the penultimate layer, input of the classifier);
 * ``logits``: the classifier output (LPA there is LPL, paper 3.4.2);
-* ``default``: the network's default cut (below).
+* ``default``: the network's default cut (below);
+* ``stage<k>`` (1-based), ``all_stages`` and ``early_stages`` (all but the last): the
+  network's declared stages, for methods placed by stage (MixStyle, DSU).
 
 Like timm's ``feature_info``, each DomainBed featurizer declares its stages
 (:data:`NETWORK_STAGES`). They give the default cut and the depth ``L - l`` used by the
@@ -26,7 +28,7 @@ import torch.nn as nn
 __all__ = ["Cut", "NETWORK_STAGES", "Stages", "resolve_cuts", "valid_layer_names",
            "network_stages"]
 
-ALIASES = ("default", "features", "logits")
+ALIASES = ("default", "features", "logits", "all_stages", "early_stages")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +153,20 @@ def _canonical(algorithm, name: str, stages: Stages, valid: list[str]) -> str:
         f"[n for n, _ in algorithm.featurizer.named_modules()] prefixed with 'featurizer.'.")
 
 
+def _expand_stage_alias(name, stages: Stages) -> list:
+    if name == "all_stages":
+        return list(stages.names) or ["features"]
+    if name == "early_stages":
+        return list(stages.names[:-1]) or ["features"]
+    if isinstance(name, str) and name.startswith("stage") and name[5:].isdigit():
+        k = int(name[5:])
+        if not 1 <= k <= len(stages.names):
+            raise ValueError(f"perturb_layer {name!r}: this network has {len(stages.names)} "
+                             f"stages ({', '.join(stages.names) or 'none declared'})")
+        return [stages.names[k - 1]]
+    return [name]
+
+
 def resolve_cuts(algorithm, names) -> list[Cut]:
     """Turn the ``perturb_layer`` hparam (a name, a comma-separated string or a list of names)
     into :class:`Cut` objects, in the order given. Raises ``ValueError`` for an unknown name."""
@@ -160,6 +176,7 @@ def resolve_cuts(algorithm, names) -> list[Cut]:
     if not names:
         raise ValueError("perturb_layer is empty: give a layer name, e.g. 'default'")
     stages = network_stages(algorithm.featurizer)
+    names = [n for raw in names for n in _expand_stage_alias(raw, stages)]
     valid = valid_layer_names(algorithm)
     modules = {"features": algorithm.featurizer, "logits": algorithm.classifier}
     modules.update((n, m) for n, m in algorithm.named_modules() if n)
