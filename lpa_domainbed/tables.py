@@ -277,16 +277,19 @@ def compute_tables(records, selections=tuple(SELECTION_METHODS)):
 
 def _tidy_frame(rows):
     frame = pd.DataFrame(rows, columns=CSV_COLUMNS)
-    frame["text"] = [_format_cell(*r) for r in zip(frame["mean"], frame["se"], frame["note"])]
+    frame["text"] = [_format_cell(*r) for r in zip(frame["mean"], frame["se"], frame["note"],
+                                                   frame["n_trials"])]
     return frame
 
 
 # ----------------------------------------------------------------------------- formatting
-def _format_cell(mean, se, note):
-    """'71.0 ± 0.7', '71.0 ± 0.7, incomplete (1/2 trials)', or just the note."""
+def _format_cell(mean, se, note, n_trials=2):
+    """'71.0 ± 0.7', '71.0 ± 0.7, incomplete (1/2 trials)', or just the note. One trial has
+    no standard error: its mean is shown alone (DomainBed would print '± 0.0')."""
     if math.isnan(mean):
         return note or "X"
-    text = f"{mean:.1f}" if math.isnan(se) else f"{mean:.1f} ± {se:.1f}"
+    one = not (n_trials > 1)
+    text = f"{mean:.1f}" if math.isnan(se) or one else f"{mean:.1f} ± {se:.1f}"
     return f"{text}, {note}" if note else text
 
 
@@ -327,7 +330,9 @@ def _write_selection_files(result, selection, name):
     """Markdown, LaTeX and tidy CSV for one selection method; returns the Markdown text."""
     method_name = SELECTION_METHODS[selection].name
     sections = _sections(result, selection)
-    markdown = f"# {name}: model selection: {method_name}\n\n{result.report.summary()}\n"
+    markdown = (f"# {name}: model selection: {method_name}\n\n{result.report.summary()}\n\n"
+                "Cells: accuracy (%) on the held-out domain, mean ± standard error over trials "
+                "(DomainBed's formula); the mean alone where there is one trial.\n")
     markdown += "".join(f"\n## {title}\n\n{_markdown_table(t)}\n" for title, t in sections)
     latex = "".join(_latex_table(t, f"{title}, model selection: {method_name}")
                     for title, t in sections)

@@ -82,9 +82,13 @@ def _assert_all_gone(pids: list[int], timeout: float = 5.0) -> None:
 
 
 def _interrupt_once_pids_exist(pid_dir: Path, expected: int, found: list[int]):
-    """A replacement for the launcher's sleep: raise Ctrl-C once every job has started."""
+    """A replacement for the launcher's sleep: Ctrl-C once every job has started, then sleep
+    (the clean-up's own waits may sleep too)."""
 
     def fake_sleep(seconds: float) -> None:
+        if found:
+            _real_sleep(seconds)
+            return
         found.extend(_wait_for_pids(pid_dir, expected))
         raise KeyboardInterrupt
 
