@@ -40,6 +40,12 @@ def _git_commit(path) -> str:
         return "unknown"
 
 
+def _shown(path) -> str:
+    """A path as the user would type it in the repository (relative when inside it)."""
+    path = Path(path).resolve()
+    return os.path.relpath(path, REPO) if path.is_relative_to(REPO) else str(path)
+
+
 def describe_machine() -> str:
     import torch
 
@@ -95,14 +101,14 @@ def cmd_demo(args) -> int:
     sweep_seconds = time.time() - start
     result = tables.make_tables([str(output_dir)], name="demo", out_root=args.out_root)
     total = time.time() - start
-    launch = sweeps.format_command(sweeps.sweep_command(spec, "launch", data_dir, output_dir,
-                                                        python="python"))
+    launch = sweeps.format_command(sweeps.sweep_command(
+        spec, "launch", _shown(data_dir), _shown(output_dir), python="python"))
     run_md = Path(args.out_root) / "demo" / "RUN.md"
     run_md.write_text(
         "# How these demo tables were made\n\n"
         f"- Command: `make demo` (= `python -m lpa_domainbed.cli demo`), which ran\n"
-        f"  `{launch}`\n  and then `python -m lpa_domainbed.tables --input_dir {output_dir} "
-        f"--name demo`.\n"
+        f"  `{launch}`\n  and then `python -m lpa_domainbed.tables --input_dir {_shown(output_dir)} "
+        f"--name demo` (paths relative to the repository).\n"
         f"- lpa_domainbed commit: {_git_commit(REPO)}\n"
         f"- DomainBed commit: {_git_commit(Path(__import__('domainbed').__file__).parents[1])}\n"
         f"- Machine: {describe_machine()}\n"

@@ -134,3 +134,11 @@ def test_tiny_sweep_through_domainbeds_sweep_script_then_collect_results(tmp_pat
     assert collect.returncode == 0, collect.stderr[-2000:]
     assert "Dataset: RotatedDigits" in collect.stdout
     assert "LPA" in collect.stdout and "ERM" in collect.stdout
+
+    from lpa_domainbed import tables
+
+    result = tables.make_tables([str(out_dir)], "tiny", out_root=tmp_path / "results")
+    cells = result.cells[result.cells.selection == "training_domain_validation"]
+    assert set(cells.algorithm) == {"ERM", "LPA"}
+    assert cells["mean"].between(0, 100).all() and (cells.n_trials == 1).all()
+    assert (tmp_path / "results" / "tiny" / "RotatedDigits_training_domain_validation.png").is_file()

@@ -33,7 +33,7 @@ from lpa_domainbed.algorithms.base import (ActivationPerturbation, flat_norms, m
                                            require)
 from lpa_domainbed.perturb import pgd
 
-__all__ = ["LPA", "LPL", "LPA_LPL"]
+__all__ = ["LPA", "LPL", "LPA_LPL", "LPA_Amortized"]
 
 SPLITS = ("all_positive", "mean_accuracy", "frequency")
 BOUNDS = ("fixed", "varied")
@@ -219,3 +219,14 @@ class LPA_LPL(LPA):
         return merge_specs(super().hparam_specs(dataset), [
             hp.HParam("perturb_layer", "default,logits", hp.fixed("default,logits"),
                       "the default layer and the logits")])
+
+
+@ALGORITHMS.register("LPA_Amortized")
+class LPA_Amortized(LPA):
+    """LPA in amortized mode (our extension, see module docs) under its own name, so that
+    sweeps and tables can hold it beside exact LPA."""
+
+    @classmethod
+    def hparam_specs(cls, dataset=None):
+        return merge_specs(super().hparam_specs(dataset), [
+            hp.HParam("lpa_mode", "amortized", hp.fixed("amortized"), "amortized")])
