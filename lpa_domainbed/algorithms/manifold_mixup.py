@@ -8,8 +8,6 @@ random permutation of the concatenated batch of all training domains; the loss i
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -42,10 +40,11 @@ class ManifoldMixup(ActivationPerturbation):
         if layers:  # the candidate layers become the cuts; one is active per update
             hparams = {**hparams, "perturb_layer": layers}
         super().__init__(input_shape, num_classes, num_domains, hparams)
-        self._rng = random.Random(0)
 
     def active_cuts(self, training):
-        return [self._rng.choice(self.cuts)] if len(self.cuts) > 1 else self.cuts
+        if len(self.cuts) == 1:
+            return self.cuts
+        return [self.cuts[int(torch.randint(len(self.cuts), ()))]]  # seeded by train.py
 
     def perturb(self, a, y, ctx):
         lam = float(np.random.beta(self.hparams["mmix_alpha"], self.hparams["mmix_alpha"]))
