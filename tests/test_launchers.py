@@ -212,6 +212,8 @@ script = sys.argv[-1]
 text = open(script).read()
 counter = os.path.join(os.environ["FAKE_SLURM_DIR"], "next_id")
 job_id = int(open(counter).read()) if os.path.exists(counter) else 1000
+if (job_id - 1000) // 100 >= int(os.environ.get("FAKE_SLURM_ACCEPT", "1000")):
+    sys.exit("sbatch: error: QOSMaxSubmitJobPerUserLimit")
 open(counter, "w").write(str(job_id + 100))
 kept = os.path.join(os.environ["FAKE_SLURM_DIR"], f"{job_id}.sbatch")  # submitit renames script
 os.link(script, kept)
@@ -219,10 +221,12 @@ array = re.search(r"#SBATCH --array=(\\d+)-(\\d+)", text)
 indices = range(int(array.group(1)), int(array.group(2)) + 1) if array else [None]
 for index in indices:
     env = dict(os.environ, SLURM_NTASKS="1", SLURM_JOB_NUM_NODES="1", SLURM_NODEID="0",
-               SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_JOB_ID=str(job_id + 1 + (index or 0)))
+               SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_JOB_ID=str(job_id))
     if index is not None:
-        env.update(SLURM_ARRAY_JOB_ID=str(job_id), SLURM_ARRAY_TASK_ID=str(index))
-    subprocess.Popen(["bash", kept], env=env, start_new_session=True)
+        env.update(SLURM_ARRAY_JOB_ID=str(job_id), SLURM_ARRAY_TASK_ID=str(index),
+                   SLURM_JOB_ID=str(job_id + 1 + index))
+    subprocess.Popen(["bash", kept], env=env, start_new_session=True,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 print(f"Submitted batch job {job_id}")
 """
 
@@ -261,25 +265,49 @@ def test_submitit_on_a_fake_slurm_submits_capped_job_arrays(tmp_path, submitit_e
     monkeypatch.setenv("FAKE_SLURM_DIR", str(slurm_dir))
     monkeypatch.setenv("PATH", f"{slurm_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.delenv("LPA_SUBMITIT_CLUSTER")  # submitit finds srun: Slurm
+    monkeypatch.setenv("LPA_SLURM_ARRAY_PARALLELISM", "2")
     monkeypatch.setenv("LPA_SLURM_MAX_ARRAY_SIZE", "2")
     monkeypatch.setenv("LPA_SLURM_PARTITION", "gpu")
     monkeypatch.setenv("LPA_SLURM_MEM_GB", "16")
     monkeypatch.setenv("LPA_SLURM_EXTRA", '{"qos": "high"}')
-    outputs = [tmp_path / f"out{i}.txt" for i in range(2)]
-    commands = [_writer_command(outputs[0]), "exit 3", _writer_command(outputs[1])]
+    outputs = [tmp_path / f"out{i}.txt" for i in range(3)]
+    commands = [_writer_command(out) for out in outputs]
+    commands.insert(1, "exit 3")
 
     failed = submitit_module.submitit_launcher(commands)
 
     assert failed == ["exit 3"]
     assert all(out.read_text() == "ok" for out in outputs)
-    first, second = sorted(slurm_dir.glob("*.sbatch"))
-    for sbatch, array in [(first, "0-1%2"), (second, "0-0%1")]:  # 4 at once, split over 2
+    sbatch_files = sorted(slurm_dir.glob("*.sbatch"))
+    assert len(sbatch_files) == 2  # 4 commands, 2 per array
+    for sbatch in sbatch_files:
         text = sbatch.read_text()
-        for option in [f"--array={array}", "--partition=gpu", "--qos=high", "--mem=16GB",
+        for option in ["--array=0-1%1", "--partition=gpu", "--qos=high", "--mem=16GB",
                        "--gpus-per-node=1", "--cpus-per-task=8", "--time=1440"]:
             assert f"#SBATCH {option}\n" in text, (option, text)
     err = capsys.readouterr().err
     assert "job 1 failed (exit 3); stdout: " in err and "/1000_1_0_log.out" in err
+
+
+def test_submitit_commands_sbatch_refuses_are_returned_and_the_rest_run(tmp_path, submitit_env,
+                                                                        monkeypatch, capsys):
+    slurm_dir = tmp_path / "slurm"
+    _fake_slurm(slurm_dir)
+    monkeypatch.setenv("FAKE_SLURM_DIR", str(slurm_dir))
+    monkeypatch.setenv("FAKE_SLURM_ACCEPT", "1")  # the second array hits a job limit
+    monkeypatch.setenv("PATH", f"{slurm_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("LPA_SUBMITIT_CLUSTER", "slurm")
+    monkeypatch.setenv("LPA_SLURM_MAX_ARRAY_SIZE", "2")
+    outputs = [tmp_path / f"out{i}.txt" for i in range(4)]
+    commands = [_writer_command(out) for out in outputs]
+
+    failed = submitit_module.submitit_launcher(commands)
+
+    assert failed == commands[2:]
+    assert [out.exists() for out in outputs] == [True, True, False, False]
+    err = capsys.readouterr().err
+    assert "QOSMaxSubmitJobPerUserLimit" in err and "2 commands were not submitted" in err
+    assert "delete_incomplete" in err
 
 
 # --------------------------------------------------------------------------- settings

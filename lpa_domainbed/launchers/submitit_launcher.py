@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import shutil
@@ -99,12 +100,14 @@ class SubmititSettings:
 
 
 def _text(raw: Any) -> str:
+    """A non-empty string, stripped."""
     if not isinstance(raw, str) or not raw.strip():
         raise ValueError("not a non-empty string")
     return raw.strip()
 
 
 def _integer(raw: Any) -> int:
+    """An int from an int or a decimal string (not a bool, not a float)."""
     if isinstance(raw, bool):
         raise ValueError("a boolean is not an integer")
     if isinstance(raw, int):
@@ -115,6 +118,7 @@ def _integer(raw: Any) -> int:
 
 
 def _int_at_least(minimum: int) -> Callable[[Any], int]:
+    """A parser of integers >= ``minimum``."""
     def parse(raw: Any) -> int:
         value = _integer(raw)
         if value < minimum:
@@ -125,15 +129,17 @@ def _int_at_least(minimum: int) -> Callable[[Any], int]:
 
 
 def _positive_number(raw: Any) -> float:
+    """A finite number > 0."""
     if isinstance(raw, bool):
         raise ValueError("a boolean is not a number")
     value = float(raw.strip() if isinstance(raw, str) else raw)
-    if not value > 0:
-        raise ValueError(f"{value} is not positive")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{value} is not a finite positive number")
     return value
 
 
 def _sbatch_options(raw: Any) -> dict[str, Any]:
+    """sbatch options from a JSON object (environment) or a TOML table (config file)."""
     options = json.loads(raw) if isinstance(raw, str) else raw
     if not isinstance(options, Mapping):
         raise ValueError("not a JSON object / TOML table")
@@ -144,10 +150,12 @@ def _sbatch_options(raw: Any) -> dict[str, Any]:
 
 
 def _directory(raw: Any) -> Path:
+    """A path, ``~`` expanded (made absolute when the launcher runs)."""
     return Path(_text(raw)).expanduser()
 
 
 def _cluster(raw: Any) -> str:
+    """``local`` or ``slurm``."""
     value = _text(raw).lower()
     if value not in ("local", "slurm"):
         raise ValueError(f"unknown cluster {value!r}")
@@ -195,6 +203,7 @@ def _parse_option(option: _Option, raw: Any, source: str) -> Any:
 
 
 def _load_toml(path: Path) -> dict[str, Any]:
+    """The parsed config file; a missing or malformed one raises ValueError."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
@@ -247,6 +256,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> SubmititSettings:
 
 
 def _signal_group(pgid: int, signum: int) -> None:
+    """Send ``signum`` to a process group that may already be gone."""
     try:
         os.killpg(pgid, signum)
     except ProcessLookupError:
@@ -264,15 +274,26 @@ def _kill_process_group(process: subprocess.Popen) -> None:
     process.wait()
 
 
+def _command_env() -> dict[str, str]:
+    """This environment, with this interpreter's directory first on PATH: DomainBed's commands
+    start with a bare ``python``, which must be the environment that launched the sweep even
+    when it was not activated (``.venv/bin/python -m domainbed.scripts.sweep ...``)."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join(filter(None, [os.path.dirname(sys.executable),
+                                                env.get("PATH", "")]))
+    return env
+
+
 def run_shell_command(command: str) -> None:
     """The job submitit runs: ``command`` in a shell; CalledProcessError when it exits non-zero.
 
     Same contract as ``subprocess.run(command, shell=True, check=True)``, except that the shell
     gets its own process group, killed whole when this job is interrupted (cancelled, Ctrl-C,
-    timed out, preempted), so no training process outlives its job.
+    timed out, preempted), so no training process outlives its job; and ``python`` in the
+    command is this job's interpreter (see :func:`_command_env`).
     """
     print(f"{_PREFIX} running: {command}", flush=True)
-    process = subprocess.Popen(command, shell=True, start_new_session=True)
+    process = subprocess.Popen(command, shell=True, start_new_session=True, env=_command_env())
     try:
         returncode = process.wait()
     except BaseException:
@@ -320,6 +341,7 @@ def _launch_folder(log_dir: Path) -> Path:
 
 
 def _make_executor(submitit: Any, settings: SubmititSettings, cluster: str, folder: Path) -> Any:
+    """A submitit AutoExecutor for ``cluster`` writing into ``folder``, parameters set."""
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
     executor.update_parameters(**_executor_parameters(settings))
     return executor
@@ -376,10 +398,12 @@ def _update_outcome(tracked: _TrackedJob, grace_seconds: float) -> None:
 
 
 def _is_running(job: Any) -> bool:
+    """Whether the scheduler says the job runs (submitit's cached state)."""
     return str(job.state).upper() in ("RUNNING", "COMPLETING")
 
 
 def _counts(tracked_jobs: list[_TrackedJob]) -> dict[str, int]:
+    """How many jobs are done, failed, running, queued (submitted) and waiting (not yet)."""
     counts = dict(done=0, failed=0, running=0, queued=0, waiting=0)
     for tracked in tracked_jobs:
         if tracked.finished:
@@ -414,21 +438,39 @@ class _ProgressPrinter:
 
 
 def _log_paths(tracked: _TrackedJob) -> str:
+    """The job's stdout and stderr log paths, for messages."""
     paths = tracked.job.paths
     return f"stdout: {paths.stdout}, stderr: {paths.stderr}"
 
 
+def _mark_not_submitted(tracked_jobs: list[_TrackedJob], error: BaseException) -> None:
+    """Count commands that sbatch refused as failed, and say how to submit them later."""
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+    for tracked in tracked_jobs:
+        tracked.failed, tracked.reason = True, f"not submitted ({first_line})"
+    print(f"{_PREFIX} submission failed: {first_line}\n"
+          f"{_PREFIX} {len(tracked_jobs)} commands were not submitted; the submitted jobs go on. "
+          f"Once they have ended, run DomainBed's 'sweep delete_incomplete' and then 'sweep "
+          f"launch' again (same arguments) to submit the rest.", file=sys.stderr, flush=True)
+
+
 def _announce_failure(tracked: _TrackedJob) -> None:
+    """Say at once that a job failed, with its logs."""
     print(f"{_PREFIX} job {tracked.index} failed ({tracked.reason}); {_log_paths(tracked)}",
           file=sys.stderr, flush=True)
 
 
 def _report_failures(failed: list[_TrackedJob], total: int) -> None:
+    """The final summary of the failed jobs and their logs."""
     if not failed:
         return
     print(f"{_PREFIX} {len(failed)} of {total} jobs failed:", file=sys.stderr)
     for tracked in failed:
-        print(f"  {tracked.reason}: {_log_paths(tracked)}", file=sys.stderr)
+        if tracked.job is not None:
+            print(f"  {tracked.reason}: {_log_paths(tracked)}", file=sys.stderr)
+    not_submitted = [tracked for tracked in failed if tracked.job is None]
+    if not_submitted:
+        print(f"  {len(not_submitted)} commands: {not_submitted[0].reason}", file=sys.stderr)
     sys.stderr.flush()
 
 
@@ -436,17 +478,26 @@ def _report_failures(failed: list[_TrackedJob], total: int) -> None:
 
 
 def _array_chunks(tracked_jobs: list[_TrackedJob], size: int) -> list[list[_TrackedJob]]:
+    """Consecutive groups of at most ``size`` jobs, one job array each."""
     return [tracked_jobs[start:start + size] for start in range(0, len(tracked_jobs), size)]
 
 
 def _submit_slurm_arrays(executor: Any, tracked_jobs: list[_TrackedJob],
                          settings: SubmititSettings) -> None:
-    """Submit every command as Slurm job arrays sharing the parallelism cap evenly."""
+    """Submit every command as Slurm job arrays sharing the parallelism cap evenly.
+
+    When sbatch refuses an array, that array's and the later arrays' commands count as failed
+    (not submitted) and the arrays already submitted go on.
+    """
     chunks = _array_chunks(tracked_jobs, settings.max_array_size)
     per_array = max(1, settings.parallelism("slurm") // len(chunks))
     executor.update_parameters(slurm_array_parallelism=per_array)
-    for chunk in chunks:
-        jobs = executor.map_array(run_shell_command, [tracked.command for tracked in chunk])
+    for position, chunk in enumerate(chunks):
+        try:
+            jobs = executor.map_array(run_shell_command, [tracked.command for tracked in chunk])
+        except (RuntimeError, OSError) as error:  # sbatch refused (e.g. a per-user job limit)
+            _mark_not_submitted([tracked for rest in chunks[position:] for tracked in rest], error)
+            return
         for tracked, job in zip(chunk, jobs):
             tracked.job = job
         print(f"{_PREFIX} submitted {len(chunk)} jobs as Slurm job {jobs[0].job_id.split('_')[0]} "
@@ -459,12 +510,13 @@ def _submit_local_jobs(executor: Any, tracked_jobs: list[_TrackedJob], paralleli
     for tracked in tracked_jobs:
         if active >= parallelism:
             return
-        if tracked.job is None:
+        if tracked.job is None and not tracked.finished:
             tracked.job = executor.submit(run_shell_command, tracked.command)
             active += 1
 
 
 def _cancel_slurm_jobs(jobs: list[Any]) -> None:
+    """``scancel`` the jobs (array tasks by their ``<array>_<index>`` ids), a batch at a time."""
     job_ids = [job.job_id for job in jobs]
     for start in range(0, len(job_ids), _SCANCEL_BATCH):
         subprocess.call(["scancel", *job_ids[start:start + _SCANCEL_BATCH]])
@@ -480,6 +532,7 @@ def _cancel_local_jobs(jobs: list[Any]) -> None:
 
 
 def _cancel_unfinished(tracked_jobs: list[_TrackedJob], cluster: str) -> None:
+    """Cancel every submitted job that has not finished (after Ctrl-C)."""
     jobs = [tracked.job for tracked in tracked_jobs if tracked.job is not None
             and not tracked.finished]
     print(f"{_PREFIX} interrupted: cancelling {len(jobs)} unfinished jobs",
@@ -506,13 +559,13 @@ def _wait_for_jobs(executor: Any, tracked_jobs: list[_TrackedJob], cluster: str,
     progress = _ProgressPrinter(len(tracked_jobs))
     grace = _SLURM_RESULT_GRACE_SECONDS if cluster == "slurm" else 0.0
     while True:
-        if cluster == "local":
-            _submit_local_jobs(executor, tracked_jobs, settings.parallelism("local"))
         for tracked in tracked_jobs:
             was_finished = tracked.finished
             _update_outcome(tracked, grace)
             if tracked.failed and not was_finished:
                 _announce_failure(tracked)
+        if cluster == "local":
+            _submit_local_jobs(executor, tracked_jobs, settings.parallelism("local"))
         progress.report(_counts(tracked_jobs))
         if all(tracked.finished for tracked in tracked_jobs):
             return
