@@ -19,10 +19,10 @@ DATA_DIR ?= sweeps_output/data
 OUTPUT_DIR ?= sweeps_output/$(NAME)
 LAUNCHER ?=
 
-.PHONY: setup domainbed test demo sweep sweep-dry-run tables clean-venv help
+.PHONY: setup domainbed test demo sweep sweep-dry-run tables figures clean-venv help
 
 help:
-	@echo "make demo | test | setup | domainbed | sweep NAME=.. DATA_DIR=.. OUTPUT_DIR=.. [LAUNCHER=..] | tables INPUT_DIR=.. NAME=.."
+	@echo "make demo | test | setup | domainbed | sweep NAME=.. DATA_DIR=.. OUTPUT_DIR=.. [LAUNCHER=..] | tables INPUT_DIR=.. NAME=.. | figures [FIGURES_ARGS=..]"
 
 $(STAMP): pyproject.toml
 	@echo "==> creating the virtual environment $(VENV) with $(PYTHON)"
@@ -74,7 +74,7 @@ demo: $(STAMP)
 sweep: $(STAMP)
 	@$(MAKE) --no-print-directory domainbed
 	@echo "==> sweep $(NAME): sweeps/$(NAME).toml -> python -m domainbed.scripts.sweep launch"
-	@$(PY) -m lpa_domainbed.cli sweep $(NAME) --data_dir $(DATA_DIR) --output_dir $(OUTPUT_DIR) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(DRY_RUN),--dry_run)
+	@$(PY) -m lpa_domainbed.cli sweep $(NAME) --data_dir $(DATA_DIR) --output_dir $(OUTPUT_DIR) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(DRY_RUN),--dry_run) $(if $(RESTART_INCOMPLETE),--restart_incomplete)
 
 sweep-dry-run:
 	@$(MAKE) --no-print-directory sweep DRY_RUN=1
@@ -82,6 +82,13 @@ sweep-dry-run:
 tables: $(STAMP)
 	@echo "==> tables $(NAME) from $(INPUT_DIR) -> results/$(NAME)/"
 	@$(PY) -m lpa_domainbed.tables --input_dir $(INPUT_DIR) --name $(NAME)
+
+# The paper's analysis figures (1, 3a, 4a, 7) on RotatedDigits, about 10 minutes on 2 CPU cores;
+# finished runs are cached in results/figures/cache/. More: FIGURES_ARGS="--steps 600 --trials 5".
+figures: $(STAMP)
+	@$(MAKE) --no-print-directory domainbed
+	@echo "==> figures: DomainBed runs in-process, then PNG + CSV under results/figures/"
+	@$(PY) -m lpa_domainbed.figures $(FIGURES_ARGS)
 
 clean-venv:
 	@echo "==> removing $(VENV)"

@@ -70,16 +70,22 @@ def cmd_sweep(args) -> int:
     spec = sweeps.load_sweep(args.name)
     import domainbed  # noqa: F401  (a clear error early if DomainBed is missing)
 
-    print_jobs(spec, args.data_dir, args.output_dir)
+    jobs = print_jobs(spec, args.data_dir, args.output_dir)
     if args.dry_run:
         print("dry run: nothing launched. The command would be:")
         print("  " + sweeps.format_command(sweeps.sweep_command(
             spec, "launch", args.data_dir, args.output_dir, args.launcher, python="python")))
         return 0
-    # DomainBed never relaunches a job whose directory exists without 'done'; clear those
-    # first so that an interrupted sweep resumes where it stopped.
-    _run(sweeps.sweep_command(spec, "delete_incomplete", args.data_dir, args.output_dir,
-                              args.launcher))
+    # DomainBed never relaunches a job whose directory exists without 'done'. Such a job may
+    # have died, or may still be running on a cluster: delete and relaunch only when asked.
+    incomplete = [j for j in jobs if j.state == "Incomplete"]
+    if incomplete and args.restart_incomplete:
+        _run(sweeps.sweep_command(spec, "delete_incomplete", args.data_dir, args.output_dir,
+                                  args.launcher))
+    elif incomplete:
+        print(f"note: {len(incomplete)} incomplete jobs are left alone (they may still be "
+              f"running). When none is (e.g. 'squeue -n lpa_domainbed' is empty), rerun with "
+              f"RESTART_INCOMPLETE=1 (--restart_incomplete) to delete and relaunch them.")
     _run(sweeps.sweep_command(spec, "launch", args.data_dir, args.output_dir, args.launcher))
     return 0
 
@@ -132,6 +138,8 @@ def main(argv=None) -> int:
     p.add_argument("--output_dir", required=True)
     p.add_argument("--launcher", default=None, help="DomainBed command launcher")
     p.add_argument("--dry_run", action="store_true", help="list the jobs, launch nothing")
+    p.add_argument("--restart_incomplete", action="store_true",
+                   help="delete and relaunch jobs that started but have no 'done' file")
     p.set_defaults(func=cmd_sweep)
     args = parser.parse_args(argv)
     try:
