@@ -71,6 +71,14 @@ def cmd_sweep(args) -> int:
     import domainbed  # noqa: F401  (a clear error early if DomainBed is missing)
 
     jobs = print_jobs(spec, args.data_dir, args.output_dir)
+    missing = sweeps.missing_data(spec, args.data_dir)
+    if missing:
+        message = ("data not found:\n  " + "\n  ".join(missing) + "\nDownload it with "
+                   f"'python -m domainbed.scripts.download --data_dir {args.data_dir}' "
+                   "(see docs/launchers.md) or pass the right DATA_DIR.")
+        if not args.dry_run:
+            raise FileNotFoundError(message)
+        print("warning: " + message)
     if args.dry_run:
         print("dry run: nothing launched. The command would be:")
         print("  " + sweeps.format_command(sweeps.sweep_command(

@@ -16,7 +16,12 @@ import sys
 import tomllib
 from pathlib import Path
 
-__all__ = ["SweepSpec", "SWEEPS_DIR", "load_sweep", "sweep_command", "list_jobs"]
+__all__ = ["SweepSpec", "SWEEPS_DIR", "load_sweep", "sweep_command", "list_jobs",
+           "missing_data"]
+
+#: where DomainBed's image datasets read their files, relative to --data_dir
+DATA_SUBDIRS = {"VLCS": "VLCS", "PACS": "PACS", "OfficeHome": "office_home",
+                "TerraIncognita": "terra_incognita", "DomainNet": "domain_net", "SVIRO": "sviro"}
 
 SWEEPS_DIR = Path(__file__).resolve().parents[1] / "sweeps"
 PACKAGE_ALGORITHMS = "@lpa_domainbed"
@@ -105,3 +110,14 @@ def list_jobs(spec: SweepSpec, data_dir: str, output_dir: str):
 
 def format_command(cmd: list[str]) -> str:
     return " ".join(shlex.quote(c) for c in cmd)
+
+
+def missing_data(spec: SweepSpec, data_dir) -> list[str]:
+    """One line per dataset of the sweep whose files are not under ``data_dir`` (checked for
+    DomainBed's image datasets; MNIST variants download themselves, ours are embedded)."""
+    problems = []
+    for dataset in spec.datasets:
+        sub = DATA_SUBDIRS.get(dataset)
+        if sub and not (Path(data_dir) / sub).is_dir():
+            problems.append(f"{dataset}: no directory {Path(data_dir) / sub}")
+    return problems

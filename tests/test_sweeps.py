@@ -1,0 +1,54 @@
+"""Declarative sweeps and the sweep command line."""
+
+import pytest
+
+from conftest import requires_domainbed
+from lpa_domainbed import sweeps
+
+
+def test_every_sweep_file_loads_and_names_known_arguments():
+    names = sorted(p.stem for p in sweeps.SWEEPS_DIR.glob("*.toml"))
+    assert {"demo", "table2", "study"} <= set(names)
+    table2 = sweeps.load_sweep("table2")
+    assert table2.datasets == ["PACS", "VLCS", "OfficeHome", "TerraIncognita"]
+    assert table2.n_trials == 3 and table2.single_test_envs
+    assert {"ERM", "DANN", "CORAL", "Mixup", "RSC", "LPA", "LPL"} <= set(table2.algorithms)
+
+
+def test_unknown_sweep_and_unknown_keys_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="known sweeps"):
+        sweeps.load_sweep("nope")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\ndatasets = ["PACS"]\nalgorithms = ["ERM"]\nn_trails = 3\n')
+    with pytest.raises(ValueError, match="unknown keys \\['n_trails'\\]"):
+        sweeps.load_sweep(str(bad))
+
+
+def test_the_command_is_domainbeds_sweep_with_the_files_arguments():
+    cmd = sweeps.sweep_command(sweeps.load_sweep("table2"), "launch", "D", "O", "local",
+                               python="python")
+    assert cmd[:4] == ["python", "-m", "domainbed.scripts.sweep", "launch"]
+    assert cmd[cmd.index("--n_hparams") + 1] == "20" and "--single_test_envs" in cmd
+    assert cmd[cmd.index("--command_launcher") + 1] == "local"
+
+
+@requires_domainbed
+def test_dry_run_lists_jobs_and_missing_data_is_an_error(tmp_path, capsys):
+    from lpa_domainbed import cli
+
+    out_dir = tmp_path / "out"
+    assert cli.main(["sweep", "table2", "--data_dir", str(tmp_path), "--output_dir",
+                     str(out_dir), "--dry_run"]) == 0
+    printed = capsys.readouterr().out
+    assert "11520 jobs (11520 not launched)" in printed and "PACS: no directory" in printed
+    assert not out_dir.exists()  # a dry run creates nothing
+    assert cli.main(["sweep", "table2", "--data_dir", str(tmp_path), "--output_dir",
+                     str(out_dir)]) == 2
+    assert "domainbed.scripts.download" in capsys.readouterr().err
+
+
+@requires_domainbed
+def test_package_algorithms_expand_in_registry_order():
+    from lpa_domainbed.algorithms import load
+
+    assert sweeps.load_sweep("demo").expanded_algorithms() == ["ERM", *load()]
