@@ -240,8 +240,8 @@ class ActivationPerturbation(ERM):
             norms = _per_class_mean(flat_norms(ctx.clean[name]), y, C)
             delta = _per_class_mean(flat_norms(ctx.perturbed[name] - ctx.clean[name]), y, C)
             rel[name] = delta / norms.clamp_min(1e-12)
-        detached = lambda d: [d[n].detach() for n in d]  # noqa: E731
-        clean, perturbed = detached(ctx.clean), detached(ctx.perturbed)
+        clean = [a.detach() for a in ctx.clean.values()]
+        perturbed = [a.detach() for a in ctx.perturbed.values()]
         if len(clean) == 1:
             clean, perturbed = clean[0], perturbed[0]
         return ProbeResult(
