@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import copy
 import dataclasses
 import hashlib
 import json
@@ -115,11 +114,14 @@ class RunSpec:
 
     @classmethod
     def make(cls, algorithm: str, test_env: int, trial: int, **overrides) -> "RunSpec":
+        """``RunSpec.make("LPA", 0, 1, lpa_eps=0.2)``."""
         return cls(algorithm, test_env, trial, tuple(sorted(overrides.items())))
 
     def describe(self) -> str:
-        extra = " ".join(f"{k}={v}" for k, v in self.overrides)
-        return f"{self.algorithm}{' ' + extra if extra else ''} test_env={self.test_env} trial={self.trial}"
+        """``LPA lpa_eps=0.2 test_env=0 trial=1``, for progress lines."""
+        words = [self.algorithm, *(f"{k}={v}" for k, v in self.overrides),
+                 f"test_env={self.test_env}", f"trial={self.trial}"]
+        return " ".join(words)
 
 
 @dataclasses.dataclass
@@ -171,7 +173,7 @@ _LOCAL_ALGORITHMS: dict[str, Any] = {}
 
 
 def __getattr__(name):
-    # ``figures.LPADropout`` without importing torch when the module is imported.
+    """``figures.LPADropout``, built on first access (importing this module needs no torch)."""
     if name == "LPADropout":
         return algorithm_class("LPA_Dropout")
     raise AttributeError(name)
@@ -231,6 +233,7 @@ class RunCache:
         self.directory = Path(directory)
 
     def path(self, key: dict) -> Path:
+        """The file of ``key``: readable names, and a hash of the whole key."""
         text = json.dumps(key, sort_keys=True, default=_json_default)
         digest = hashlib.sha1(text.encode()).hexdigest()[:12]
         return self.directory / (f"{key['algorithm']}_env{key['test_env']}_trial{key['trial']}"
@@ -273,6 +276,7 @@ def _seed_everything(seed: int) -> None:
 
 
 def _make_dataset(settings: Settings, test_env: int, hparams: dict):
+    """The DomainBed dataset object, built as train.py builds it (after seeding)."""
     from domainbed import datasets
 
     if settings.dataset not in vars(datasets):
@@ -422,6 +426,7 @@ def train_run(spec: RunSpec, settings: Settings) -> dict:
 
 
 def _format_seconds(seconds: float) -> str:
+    """``m:ss``."""
     minutes, seconds = divmod(int(round(seconds)), 60)
     return f"{minutes}:{seconds:02d}"
 
@@ -441,7 +446,7 @@ def run_all(specs: list[RunSpec], settings: Settings, cache: RunCache,
         record = cache.get(key)
         if record is None:
             run_started = time.time()
-            record = trainer(spec, settings)
+            record = {**trainer(spec, settings), "key": key}  # as the cache returns it
             cache.put(key, record)
             trained += 1
             how = f"trained in {time.time() - run_started:.1f} s"
@@ -501,6 +506,7 @@ def perturbation_layers(settings: Settings) -> tuple[list[tuple[str, str]], str]
 
 
 def _each_run(settings: Settings):
+    """Every ``(held-out domain, trial)`` of the protocol."""
     for trial in range(settings.trials):
         for test_env in settings.test_envs:
             yield test_env, trial
@@ -642,6 +648,7 @@ def _finish(figure, axes, title: str, subtitle: str, notes: list[str], path: Pat
 
 
 def _no_data(axes, message: str) -> None:
+    """An empty panel that says why it is empty."""
     axes.text(0.5, 0.5, message, ha="center", va="center", transform=axes.transAxes)
     axes.set_xticks([])
     axes.set_yticks([])
@@ -813,13 +820,16 @@ def plot_fig3a(table: pd.DataFrame, out_dir: Path, subtitle: str = "",
         colors = ["0.55" if m == "ERM" else ("C1" if "+" in m else "C0") for m in present]
         x = np.arange(len(present))
         axes.bar(x, summary["mean"], 0.65, yerr=summary["se"], capsize=4, color=colors)
-        for xi, mean, se in zip(x, summary["mean"], summary["se"]):
-            axes.annotate(f"{mean:.1f}", (xi, mean + se), textcoords="offset points",
-                          xytext=(0, 3), ha="center", fontsize="small")
         axes.set_xticks(x, present)
         low = float((summary["mean"] - summary["se"]).min())
         high = float((summary["mean"] + summary["se"]).max())
-        axes.set_ylim(max(0.0, low - 0.25 * (high - low) - 1), high + 0.15 * (high - low) + 1)
+        bottom = max(0.0, low - 0.25 * (high - low) - 1)
+        axes.set_ylim(bottom, high + 0.15 * (high - low) + 1)
+        # Values inside the bars, at their foot, where no error bar can cover them.
+        for xi, mean in zip(x, summary["mean"]):
+            axes.annotate(f"{mean:.1f}", (xi, bottom), textcoords="offset points",
+                          xytext=(0, 4), ha="center", fontsize="small", color="white",
+                          fontweight="bold")
         axes.set_ylabel("held-out accuracy (%)  [axis does not start at 0]")
         axes.grid(axis="y", alpha=0.3)
         from matplotlib.patches import Patch
@@ -833,18 +843,22 @@ def plot_fig3a(table: pd.DataFrame, out_dir: Path, subtitle: str = "",
 
 
 # ----------------------------------------------------------------------------- summary, main
-def _paired_difference(table: pd.DataFrame, mask_a, mask_b) -> tuple[float, int, int]:
-    """Mean of (A - B) over the (test_env, trial) pairs both have, wins of A, pairs."""
+def _paired_difference(table: pd.DataFrame, mask_a, mask_b) -> str:
+    """A - B over the (test_env, trial) runs both have: mean ± SE (DomainBed's formula) over
+    those runs and how many A wins. Pairing removes the domain's and the trial's difficulty."""
     a = table[mask_a].groupby(["test_env", "trial"])["acc"].mean()
     b = table[mask_b].groupby(["test_env", "trial"])["acc"].mean()
     both = a.index.intersection(b.index)
     if not len(both):
-        return float("nan"), 0, 0
-    diff = a[both] - b[both]
-    return float(diff.mean()), int((diff > 0).sum()), len(both)
+        return "no paired runs"
+    diff = (a[both] - b[both]).to_numpy()
+    se = float(np.std(diff / math.sqrt(len(diff))))
+    return (f"{diff.mean():+.1f} ± {se:.1f} points over {len(diff)} paired held-out runs, "
+            f"better in {int((diff > 0).sum())}, worse in {int((diff < 0).sum())}")
 
 
 def _fmt(row) -> str:
+    """``mean ± se`` of a summary row."""
     return f"{row['mean']:.1f} ± {row['se']:.1f}"
 
 
@@ -869,10 +883,9 @@ def summary_lines(outputs: dict[str, FigureOutput], tables: dict[str, pd.DataFra
             points = ", ".join(f"{r['layer']}: {_fmt(r)}" for _, r in lpa.iterrows())
             lines.append(f"fig4a: ERM {erm_text}; LPA by layer: {points}")
             for layer in lpa["layer"]:
-                d, wins, n = _paired_difference(t, (t["algorithm"] == "LPA") & (t["layer"] == layer),
-                                                t["algorithm"] == "ERM")
-                lines.append(f"  LPA at {layer} - ERM: {d:+.1f} points (paired over {n} "
-                             f"held-out runs, LPA better in {wins})")
+                paired = _paired_difference(t, (t["algorithm"] == "LPA") & (t["layer"] == layer),
+                                            t["algorithm"] == "ERM")
+                lines.append(f"  LPA at {layer} - ERM: {paired}")
         elif fig == "fig7":
             lines.append(f"fig7: ERM {erm_text}")
             for param, rows in s[s["algorithm"] == "LPA"].groupby("param", sort=False):
@@ -884,9 +897,8 @@ def summary_lines(outputs: dict[str, FigureOutput], tables: dict[str, pd.DataFra
             for method in s["method"]:
                 if method == "ERM":
                     continue
-                d, wins, n = _paired_difference(t, t["method"] == method, t["method"] == "ERM")
-                lines.append(f"  {method} - ERM: {d:+.1f} points (paired over {n} held-out "
-                             f"runs, better in {wins})")
+                paired = _paired_difference(t, t["method"] == method, t["method"] == "ERM")
+                lines.append(f"  {method} - ERM: {paired}")
     for name, output in outputs.items():
         lines += [f"{name}: note: {n}" for n in output.notes]
     return lines
@@ -930,6 +942,7 @@ def make_figures(settings: Settings, out_dir: Path, figures: Iterable[str] = FIG
 
 
 def _parse_figures(text: str) -> list[str]:
+    """``--only fig1,fig7`` -> ``["fig1", "fig7"]``; unknown names are an argparse error."""
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in FIGURES]
     if unknown:
@@ -946,6 +959,7 @@ def default_test_envs(dataset: str) -> tuple[int, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line (see the module docs); returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="RotatedDigits")
