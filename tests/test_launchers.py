@@ -225,7 +225,13 @@ for index in indices:
     if index is not None:
         env.update(SLURM_ARRAY_JOB_ID=str(job_id), SLURM_ARRAY_TASK_ID=str(index),
                    SLURM_JOB_ID=str(job_id + 1 + index))
-    subprocess.Popen(["bash", kept], env=env, start_new_session=True,
+    # Start the task only once submitit has written its pickle (after sbatch returns): a
+    # real scheduler never starts a job that fast, and a busy machine can take > 60 s.
+    folder = os.path.dirname(re.search(r"#SBATCH --output=(\\S+)", text).group(1))
+    pickle = os.path.join(folder, f"{job_id}_{index}_submitted.pkl" if index is not None
+                          else f"{job_id}_submitted.pkl")
+    wait = f"while [ ! -e '{pickle}' ]; do sleep 0.2; done; exec bash '{kept}'"
+    subprocess.Popen(["bash", "-c", wait], env=env, start_new_session=True,
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 print(f"Submitted batch job {job_id}")
 """
