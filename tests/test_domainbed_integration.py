@@ -44,15 +44,21 @@ def test_without_autoload_domainbed_does_not_know_our_names(tmp_path):
     assert out.returncode != 0 and "Algorithm not found: LPA" in out.stderr + out.stdout
 
 
-def test_every_algorithm_trains_through_the_train_script_on_debug28(tmp_path):
+@pytest.mark.parametrize("dataset", ["Debug28", "Debug224"])
+def test_every_algorithm_trains_through_the_train_script(dataset, tmp_path, torch_home,
+                                                          monkeypatch):
+    import sys
+
     from lpa_domainbed.algorithms import load
     from lpa_domainbed.launchers.local_parallel import local_parallel_launcher
 
-    import sys
+    # Debug224 builds DomainBed's ResNet: ResNet-18 with the random weights of torch_home
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    hparams = json.dumps({"batch_size": 4, "resnet18": True, "resnet50_augmix": False})
     commands = [
-        f"{sys.executable} -m domainbed.scripts.train --dataset Debug28 --algorithm {name} "
+        f"{sys.executable} -m domainbed.scripts.train --dataset {dataset} --algorithm {name} "
         f"--data_dir {tmp_path} --output_dir {tmp_path / name} --steps 2 --checkpoint_freq 2 "
-        f"--skip_model_save --hparams '{{\"batch_size\": 4}}'"
+        f"--skip_model_save --hparams '{hparams}'"
         for name in load()]
     failed = local_parallel_launcher(commands, max_jobs=2)
     assert failed == []
