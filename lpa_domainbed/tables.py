@@ -430,11 +430,16 @@ def make_tables(input_dirs, name, out_root="results", reference_csv=None, plots=
     if not len(records):
         raise NoRecordsError(f"no results.jsonl records in {', '.join(report.input_dirs)}; "
                              f"{HOW_TO_GET_RESULTS}")
-    cells, overview = compute_tables(records)
+    selections = list(SELECTION_METHODS)
+    if not any(len(r["args"]["test_envs"]) == 2 for r in records):
+        selections.remove("leave_one_out")
+        print("leave-one-domain-out selection skipped: it needs runs with two test domains, "
+              "which DomainBed's sweep makes without --single_test_envs.")
+    cells, overview = compute_tables(records, tuple(selections))
     out_dir = Path(out_root) / name
     out_dir.mkdir(parents=True, exist_ok=True)
     result = TablesResult(out_dir, report, cells, overview, markdown={}, files=[])
-    for selection in SELECTION_METHODS:
+    for selection in selections:
         result.markdown[selection] = _write_selection_files(result, selection, name)
         print(result.markdown[selection])
     if plots:
