@@ -19,10 +19,10 @@ DATA_DIR ?= sweeps_output/data
 OUTPUT_DIR ?= sweeps_output/$(NAME)
 LAUNCHER ?=
 
-.PHONY: setup domainbed test demo sweep sweep-dry-run tables figures clean-venv help
+.PHONY: setup domainbed test demo sweep sweep-dry-run tables figures bench clean-venv help
 
 help:
-	@echo "make demo | test | setup | domainbed | sweep NAME=.. DATA_DIR=.. OUTPUT_DIR=.. [LAUNCHER=..] | tables INPUT_DIR=.. NAME=.. | figures [FIGURES_ARGS=..]"
+	@echo "make demo | test | setup | domainbed | sweep NAME=.. DATA_DIR=.. OUTPUT_DIR=.. [LAUNCHER=..] | tables INPUT_DIR=.. NAME=.. | figures [FIGURES_ARGS=..] | bench [BENCH_ARGS=..]"
 
 $(STAMP): pyproject.toml
 	@echo "==> creating the virtual environment $(VENV) with $(PYTHON)"
@@ -89,6 +89,14 @@ figures: $(STAMP)
 	@$(MAKE) --no-print-directory domainbed
 	@echo "==> figures: DomainBed runs in-process, then PNG + CSV under results/figures/"
 	@$(PY) -m lpa_domainbed.figures $(FIGURES_ARGS)
+
+# Each algorithm's training update vs ERM on ResNet-50 (3x96x96) and MNIST_CNN: time, the
+# analytic floor of exact PGD, peak memory -> results/benchmarks/latest.{json,md}. About 10
+# minutes on 2 CPU cores; BENCH_ARGS="--quick" for a smoke run, "--device cuda" on a GPU.
+bench: $(STAMP)
+	@$(MAKE) --no-print-directory domainbed
+	@echo "==> bench: one process, interleaved rounds, medians -> results/benchmarks/"
+	@$(PY) -m lpa_domainbed.bench $(BENCH_ARGS)
 
 clean-venv:
 	@echo "==> removing $(VENV)"

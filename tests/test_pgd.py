@@ -176,6 +176,18 @@ def test_dropout_keep_rate_and_inverted_scaling(kind):
         assert (mask.flatten(2).std(dim=2) == 0).all()
 
 
+@pytest.mark.parametrize("size,block", [(14, 3), (14, 4), (7, 7), (5, 2)])
+def test_dropblock_mask_has_the_activation_shape_and_drops_squares(size, block):
+    from lpa_domainbed.algorithms.dropout import dropout_mask
+
+    torch.manual_seed(0)
+    a = torch.ones(8, 4, size, size)
+    mask = dropout_mask(a, 0.2, "block", block_size=block)
+    assert mask.shape == a.shape and (mask == 0).any()
+    alg = make("Dropout", "Debug28", dropout_kind="block", dropout_p=0.3)
+    assert math.isfinite(alg.update(batches("Debug28"))["loss"])
+
+
 def test_dropblock_needs_spatial_activations():
     from lpa_domainbed.algorithms.dropout import dropout_mask
 

@@ -57,6 +57,10 @@ class PerturbContext:
         training: True inside ``update()``; False inside ``probe()``, where an algorithm must
             not change its own state (running statistics, stored perturbations).
         scratch: per-pass storage shared by ``perturb``, ``loss`` and ``after_backward``.
+        clean, perturbed: ``{layer: activation}`` before/after perturbation, kept in
+            ``probe()`` only (in ``update()`` holding them would keep two activations alive
+            through the whole backward pass).
+        rel: ``{layer: [B]}`` per-sample ``|a~ - a| / |a|``, computed when the layer fires.
     """
 
     y: torch.Tensor
@@ -68,6 +72,7 @@ class PerturbContext:
     scratch: dict = dataclasses.field(default_factory=dict)
     clean: dict = dataclasses.field(default_factory=dict)
     perturbed: dict = dataclasses.field(default_factory=dict)
+    rel: dict = dataclasses.field(default_factory=dict)
     clean_losses: torch.Tensor | None = None
     logits: torch.Tensor | None = None
 
@@ -163,9 +168,16 @@ class ActivationPerturbation(ERM):
     def after_backward(self, ctx: PerturbContext) -> None:
         """Called in ``update()`` after ``loss.backward()`` and the optimizer step."""
 
+    def uses_tail(self, cut: Cut) -> bool:
+        """Whether :meth:`perturb` may call ``ctx.tail`` at ``cut``. The forward pass keeps the
+        outputs the tail replays only for such layers; return False (as Dropout, Manifold
+        Mixup, MixStyle, DSU and amortized LPA do) to save that memory."""
+        return True
+
     # -- the plumbing ----------------------------------------------------------------------
     def _perturbed_pass(self, x, y, domains, training: bool):
-        active = {c.name for c in self.active_cuts(training)}
+        active_cuts = self.active_cuts(training)
+        active = {c.name for c in active_cuts}
         ctx = PerturbContext(y=y, domains=domains, step=self.steps_done, training=training,
                              forward=self._cut_forward)
 
@@ -178,17 +190,21 @@ class ActivationPerturbation(ERM):
                 raise RuntimeError(f"{type(self).__name__}.perturb changed the activation's "
                                    f"shape at {cut.name}: {tuple(a.shape)} -> "
                                    f"{tuple(a_tilde.shape)}")
-            ctx.clean[cut.name], ctx.perturbed[cut.name] = a, a_tilde
+            with torch.no_grad():
+                ctx.rel[cut.name] = (flat_norms(a_tilde - a)
+                                     / flat_norms(a).clamp_min(1e-12))
+            if not training:
+                ctx.clean[cut.name], ctx.perturbed[cut.name] = a, a_tilde
             ctx.cut = None
             return a_tilde
 
-        logits = self._cut_forward.run(x, on_cut)
+        tail_cuts = [c.name for c in active_cuts if self.uses_tail(c)]
+        logits = self._cut_forward.run(x, on_cut, tail_cuts=tail_cuts)
         return logits, ctx
 
     def _rel_perturbation(self, ctx) -> torch.Tensor:
         """Per-sample ``|a~ - a| / |a|`` averaged over the perturbed layers, ``[B]``."""
-        rel = [flat_norms(ctx.perturbed[n] - ctx.clean[n]) / flat_norms(ctx.clean[n]).clamp_min(1e-12)
-               for n in ctx.clean]
+        rel = list(ctx.rel.values())
         if not rel:
             return torch.zeros(len(ctx.y), device=ctx.y.device)
         return torch.stack(rel).mean(0)

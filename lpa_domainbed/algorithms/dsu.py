@@ -14,6 +14,7 @@ which inserts it after every stage of a ResNet (stem included); here: every decl
 from __future__ import annotations
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from lpa_domainbed import hparams as hp
 from lpa_domainbed.algorithms import ALGORITHMS
@@ -42,15 +43,27 @@ class DSU(ActivationPerturbation):
         require(h, "dsu_p", 0 <= h["dsu_p"] <= 1, "a probability in [0, 1]")
         require(h, "dsu_factor", h["dsu_factor"] >= 0, "a factor >= 0")
 
+    def uses_tail(self, cut):
+        return False
+
     def perturb(self, a, y, ctx):
         if float(torch.rand(())) >= self.hparams["dsu_p"]:
             return a
-        eps = 1e-6
-        x = channel_view(a)
-        mu, sigma = channel_stats(x, eps)
-        spread_mu = (mu.var(0, keepdim=True) + eps).sqrt()
-        spread_sigma = (sigma.var(0, keepdim=True) + eps).sqrt()
         factor = self.hparams["dsu_factor"]
-        beta = mu + factor * torch.randn_like(mu) * spread_mu
-        gamma = sigma + factor * torch.randn_like(sigma) * spread_sigma
-        return ((x - mu) / sigma * gamma + beta).reshape(a.shape)
+        if torch.is_grad_enabled() and a.requires_grad:
+            # Same values, noise and gradients, but the backward recomputes the few
+            # activation-sized intermediates (x - mu, ...) instead of keeping them from the
+            # forward pass: at every stage they would otherwise add ~2 activations' memory.
+            return checkpoint(_resample, a, factor, use_reentrant=False)
+        return _resample(a, factor)
+
+
+def _resample(a: torch.Tensor, factor: float) -> torch.Tensor:
+    eps = 1e-6
+    x = channel_view(a)
+    mu, sigma = channel_stats(x, eps)
+    spread_mu = (mu.var(0, keepdim=True) + eps).sqrt()
+    spread_sigma = (sigma.var(0, keepdim=True) + eps).sqrt()
+    beta = mu + factor * torch.randn_like(mu) * spread_mu
+    gamma = sigma + factor * torch.randn_like(sigma) * spread_sigma
+    return ((x - mu) / sigma * gamma + beta).reshape(a.shape)

@@ -25,6 +25,8 @@ training backward computes anyway, so it costs almost nothing.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from lpa_domainbed import hparams as hp
@@ -40,6 +42,11 @@ BOUNDS = ("fixed", "varied")
 RADII = ("relative", "absolute")
 MODES = ("exact", "amortized")
 LAYER_SELECTION = ("fixed", "adaptive")
+
+
+def _keep_group_mean(store: dict, groups, num_groups: int, grad: torch.Tensor) -> None:
+    """Tensor hook: the per-class mean of the gradient w.r.t. a~ (eq. 10's g_c)."""
+    store["mean"] = pgd.group_mean(grad, groups, num_groups)
 
 
 @ALGORITHMS.register("LPA")
@@ -125,6 +132,9 @@ class LPA(ActivationPerturbation):
             return [self._selected]
         return self.cuts
 
+    def uses_tail(self, cut):
+        return self.hparams["lpa_mode"] == "exact"
+
     def perturb(self, a, y, ctx):
         classes, groups = torch.unique(y, return_inverse=True)
         radius = self._radius(a, y, classes, groups, ctx.cut.depth)
@@ -143,17 +153,21 @@ class LPA(ActivationPerturbation):
         delta = pgd.project(stored[classes], radius)  # radii move with the activations
         a_tilde = a + delta[groups].to(a.dtype)
         if ctx.training and a_tilde.requires_grad:
-            a_tilde.retain_grad()
-            ctx.scratch[ctx.cut.name] = (a_tilde, classes, groups, radius, sign, delta, stored)
+            # The class-mean gradient w.r.t. a~ is taken when the training backward reaches
+            # a~ (a tensor hook), so neither a~ nor its full gradient outlives that moment.
+            grad = {}
+            a_tilde.register_hook(functools.partial(_keep_group_mean, grad, groups,
+                                                    len(classes)))
+            ctx.scratch[ctx.cut.name] = (grad, classes, groups, radius, sign, delta, stored)
         return a_tilde
 
     # -- state updates (update() only; probe() never gets here) -------------------------
     def after_backward(self, ctx):
         steps = int(self.hparams["lpa_steps"])
-        for name, (a_tilde, classes, groups, radius, sign, delta, stored) in ctx.scratch.items():
-            if a_tilde.grad is None:
+        for name, (grad, classes, groups, radius, sign, delta, stored) in ctx.scratch.items():
+            if "mean" not in grad:
                 continue
-            g = pgd.group_mean(a_tilde.grad, groups, len(classes))
+            g = grad["mean"]
             if self.hparams["lpa_lowrank"] and g.dim() >= 3:
                 g = pgd.low_rank(g, self.hparams["lpa_lowrank"])
             step = (sign * 2.0 * radius / steps).view(-1, *([1] * (g.dim() - 1))) * pgd.unit(g)

@@ -46,6 +46,9 @@ class ManifoldMixup(ActivationPerturbation):
             return self.cuts
         return [self.cuts[int(torch.randint(len(self.cuts), ()))]]  # seeded by train.py
 
+    def uses_tail(self, cut):
+        return False
+
     def perturb(self, a, y, ctx):
         lam = float(np.random.beta(self.hparams["mmix_alpha"], self.hparams["mmix_alpha"]))
         perm = torch.randperm(len(a), device=a.device)

@@ -58,6 +58,9 @@ class MixStyle(ActivationPerturbation):
         require(h, "mixstyle_alpha", h["mixstyle_alpha"] > 0, "alpha > 0")
         require(h, "mixstyle_mix", h["mixstyle_mix"] in MIXES, f"one of {MIXES}")
 
+    def uses_tail(self, cut):
+        return False
+
     def perturb(self, a, y, ctx):
         h = self.hparams
         if float(torch.rand(())) >= h["mixstyle_p"]:

@@ -110,18 +110,23 @@ def l2_pgd(tail, a: torch.Tensor, y: torch.Tensor, groups: torch.Tensor, radius:
     delta = a.new_zeros((G, *a.shape[1:]), dtype=torch.float32)
     a0 = a if clean_graph else a.detach()
     clean, basis = None, None
+    # One group per sample (ADA): the group mean is the gradient itself and delta needs no
+    # gather; skipping both saves two copies of the activation per step (same values).
+    per_sample = G == groups.numel() and torch.equal(
+        groups, torch.arange(G, device=groups.device, dtype=groups.dtype))
     for t in range(steps):
         if t == 0:
             z = a0 if clean_graph else a0.requires_grad_(True)
         else:
-            z = (a.detach() + delta[groups].to(a.dtype)).requires_grad_(True)
+            z = (a.detach() + (delta if per_sample else delta[groups]).to(a.dtype)
+                 ).requires_grad_(True)
         losses = F.cross_entropy(tail(z).float(), y, reduction="none")
         (g,) = torch.autograd.grad(losses.sum(), z, retain_graph=clean_graph and t == 0)
         if t == 0:
             clean = losses if clean_graph else losses.detach()
             if lowrank and a.dim() == 2:
                 basis = flat_basis(g, groups, G, lowrank)
-        g_mean = group_mean(g, groups, G)
+        g_mean = g.float() if per_sample else group_mean(g, groups, G)
         if lowrank:
             g_mean = low_rank(g_mean, lowrank, basis)
         delta = delta + _bshape(sign * kappa, delta) * unit(g_mean)

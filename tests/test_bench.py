@@ -1,0 +1,107 @@
+"""The benchmark's core on a tiny configuration: records, targets and reports (no timings
+are asserted, only that every figure is there and is a positive finite number)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+
+from conftest import requires_domainbed
+
+pytestmark = requires_domainbed
+torch = pytest.importorskip("torch")
+
+
+def positive_finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from lpa_domainbed import bench
+
+    out = tmp_path_factory.mktemp("bench")
+    net = dataclasses.replace(bench.MNIST_CNN, per_domain=2)
+    settings = bench.Settings(warmup=1, rounds=1, mem_reps=1, clock="cpu", threads=1)
+    run_md = out / "RUN.md"
+    run_md.write_text("- Jobs: 36 (36 run in this invocation); sweep wall time 41 s, "
+                      "sweep + tables 43 s.\n")
+    threads = torch.get_num_threads()
+    records = bench.run([net], settings, "cpu", out=out, log=None, demo_md=run_md)
+    assert torch.get_num_threads() == threads  # restored
+    return records, out
+
+
+def test_every_variant_has_a_complete_record(tiny_run):
+    from lpa_domainbed import bench
+
+    records, out = tiny_run
+    saved = json.loads((out / "latest.json").read_text())
+    assert saved == json.loads(json.dumps(records))
+    rows = [r for r in saved if r["kind"] == "benchmark"]
+    assert [(r["algorithm"], r["mode"]) for r in rows] == \
+        [(v.algorithm, v.mode) for v in bench.variants()]
+    for r in rows:
+        for field in ("network", "algorithm", "mode", "ratio_vs_erm", "floor_ratio",
+                      "peak_mem_ratio", "time_ms", "machine"):
+            assert field in r, (field, r["algorithm"])
+        assert r["network"] == "MNIST_CNN"
+        for field in ("time_ms", "ratio_vs_erm", "peak_mem_ratio", "transient_mem_ratio",
+                      "peak_bytes", "wall_ms", "cpu_ms"):
+            assert positive_finite(r[field]), (field, r)
+        assert r["machine"]["device"] == "cpu" and r["machine"]["torch"] == torch.__version__
+    by_key = {(r["algorithm"], r["mode"]): r for r in rows}
+    assert by_key[("ERM", "-")]["ratio_vs_erm"] == 1.0
+    assert by_key[("ERM", "-")]["peak_mem_ratio"] == 1.0
+    for key in [("LPA", "exact"), ("LPA", "lowrank"), ("ADA", "clean_w=0.5"), ("LPA_LPL", "exact")]:
+        r = by_key[key]
+        assert positive_finite(r["floor_ratio"]) and r["floor_ratio"] > 1, key
+        assert positive_finite(r["ratio_vs_floor"])
+        assert r["pgd_steps"] == 3
+    assert by_key[("ADA", "clean_w=0.5")]["floor_with_clean_ratio"] > \
+        by_key[("ADA", "clean_w=0.5")]["floor_ratio"]
+    for key in [("ERM", "-"), ("LPA", "amortized"), ("Dropout", "element"),
+                ("ManifoldMixup", "-")]:
+        assert by_key[key]["floor_ratio"] is None, key
+
+
+def test_targets_and_reports(tiny_run):
+    records, out = tiny_run
+    targets = [r for r in records if r["kind"] == "target"]
+    names = " | ".join(t["target"] for t in targets)
+    for expected in ("LPA exact", "ADA", "LPA amortized time vs ERM", "Dropout time vs ERM",
+                     "ManifoldMixup time vs ERM", "low-rank", "peak memory"):
+        assert expected in names
+    assert all(isinstance(t["met"], bool) and positive_finite(t["value"]) for t in targets)
+    md = (out / "latest.md").read_text()
+    assert "| MNIST_CNN | LPA | exact |" in md and "## Targets" in md
+    assert ("MET" in md or "MISSED" in md) and "torch " + torch.__version__ in md
+    demo = [r for r in records if r["kind"] == "demo"]
+    assert len(demo) == 1 and demo[0]["sweep_wall_time_s"] == 41.0
+    assert demo[0]["sweep_and_tables_wall_time_s"] == 43.0
+    assert (demo[0]["jobs_total"], demo[0]["jobs_run"]) == (36, 36)
+
+
+def test_demo_record_without_run_md_says_why(tmp_path):
+    from lpa_domainbed import bench
+
+    rec = bench.demo_record(tmp_path / "missing" / "RUN.md")
+    assert rec["kind"] == "demo" and rec["sweep_wall_time_s"] is None
+    assert "does not exist" in rec["note"]
+
+
+def test_peak_memory_sees_the_update_allocations():
+    from lpa_domainbed import bench
+
+    net = dataclasses.replace(bench.MNIST_CNN, per_domain=2)
+    alg = bench.build(bench.Variant("ERM", "-"), net, "cpu")
+    batch = bench.make_batch(net, "cpu")
+    alg.update(batch)
+    mem = bench.measure_memory(alg, batch, "cpu")
+    params = sum(p.numel() * p.element_size() for p in alg.parameters())
+    assert mem["resident_bytes"] >= 4 * params  # weights, grads, Adam's two moments
+    # the forward pass keeps at least the first convolution's 64x28x28 output per image
+    assert mem["transient_bytes"] >= 6 * 64 * 28 * 28 * 4
