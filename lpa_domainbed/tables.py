@@ -83,6 +83,7 @@ class TablesResult:
     markdown: dict
     files: list
     comparison: pd.DataFrame = None
+    paired: object = None  # paired.PairedResult: differences vs the baseline, or None
 
     def table(self, selection, dataset=None):
         """Formatted strings: one dataset's table, or the overview when ``dataset`` is None."""
@@ -424,8 +425,10 @@ def _write_comparison(result, reference_csv):
 
 
 # ----------------------------------------------------------------------------- entry points
-def make_tables(input_dirs, name, out_root="results", reference_csv=None, plots=True):
-    """Load sweeps, compute all tables, write them under ``<out_root>/<name>/``, print Markdown."""
+def make_tables(input_dirs, name, out_root="results", reference_csv=None, plots=True,
+                baseline="ERM"):
+    """Load sweeps, compute all tables, write them under ``<out_root>/<name>/``, print Markdown;
+    then the paired differences of every algorithm vs ``baseline`` (:mod:`.paired`)."""
     records, report = load_records(input_dirs)
     if not len(records):
         raise NoRecordsError(f"no results.jsonl records in {', '.join(report.input_dirs)}; "
@@ -449,6 +452,10 @@ def make_tables(input_dirs, name, out_root="results", reference_csv=None, plots=
         reference_csv = reference_csv if reference_csv.is_file() else None
     if reference_csv is not None:
         result.comparison = _write_comparison(result, reference_csv)
+    from lpa_domainbed.paired import write_paired  # paired imports this module's helpers
+
+    result.paired = write_paired(records, selections, out_dir, name, baseline, plots)
+    result.files += result.paired.files if result.paired else []
     return result
 
 
@@ -471,10 +478,12 @@ def main(argv=None):
     parser.add_argument("--out_root", default="results")
     parser.add_argument("--reference_csv", default=None)
     parser.add_argument("--no-plots", dest="plots", action="store_false")
+    parser.add_argument("--baseline", default="ERM",
+                        help="algorithm the paired differences are taken against")
     args = parser.parse_args(argv)
     try:
         result = make_tables(args.input_dir, args.name, args.out_root, args.reference_csv,
-                             args.plots)
+                             args.plots, args.baseline)
     except (FileNotFoundError, NoRecordsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -169,7 +169,7 @@ def test_cli_writes_tables(sweeps, tmp_path, capsys):
     assert tables.main(argv) == 0
     assert (out_root / "cli" / "training_domain_validation.md").is_file()
     assert not list((out_root / "cli").glob("*.png"))
-    assert "wrote 6 files" in capsys.readouterr().err  # no 2-env runs: no leave-one-out files
+    assert "wrote 12 files" in capsys.readouterr().err  # 3 tables + 3 paired per selection
 
 
 # ----------------------------------------------------------------------------- corrupt input
