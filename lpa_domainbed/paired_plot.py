@@ -30,7 +30,8 @@ def plot_forest(rows, path, title):
     for ax, column in zip(axes, columns):
         part = rows[rows.test_env == column].set_index("algorithm").reindex(names)
         with_ci = part["ci_low"].notna().to_numpy()
-        mean, low, high = (part[k].to_numpy(dtype=float) for k in ("mean_diff", "ci_low", "ci_high"))
+        mean, low, high = (part[k].to_numpy(dtype=float)
+                           for k in ("mean_diff", "ci_low", "ci_high"))
         excludes_zero = (part["excludes_zero"] == True).to_numpy()  # noqa: E712 (NaN: False)
         for shown, color in ((with_ci & ~excludes_zero, "tab:blue"),
                              (with_ci & excludes_zero, "tab:red")):
