@@ -218,7 +218,7 @@ def test_manifold_mixup_lambda_follows_beta_and_mixes_labels():
 
 
 def test_manifold_mixup_draws_one_layer_per_update_from_its_list():
-    alg = make("ManifoldMixup", mmix_layers="featurizer.input,features")
+    alg = make("ManifoldMixup", perturb_layer="featurizer.input,features")
     seen = {tuple(c.name for c in alg.active_cuts(True)) for _ in range(50)}
     assert seen == {("featurizer.input",), ("features",)}
 

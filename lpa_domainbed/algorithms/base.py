@@ -61,6 +61,9 @@ class PerturbContext:
             ``probe()`` only (in ``update()`` holding them would keep two activations alive
             through the whole backward pass).
         rel: ``{layer: [B]}`` per-sample ``|a~ - a| / |a|``, computed when the layer fires.
+        clean_losses, clean_logits: per-sample clean losses / clean logits ``[B, C]`` (no
+            graph), where an algorithm computed them (PGD's first step evaluates ``a``).
+        logits: the perturbed training logits (set by ``update()`` after the pass).
     """
 
     y: torch.Tensor
@@ -74,6 +77,7 @@ class PerturbContext:
     perturbed: dict = dataclasses.field(default_factory=dict)
     rel: dict = dataclasses.field(default_factory=dict)
     clean_losses: torch.Tensor | None = None
+    clean_logits: torch.Tensor | None = None
     logits: torch.Tensor | None = None
 
     def tail(self, z: torch.Tensor, detach_head: bool = True) -> torch.Tensor:
@@ -144,6 +148,7 @@ class ActivationPerturbation(ERM):
         super().__init__(input_shape, num_classes, num_domains, {**defaults, **hparams})
         self.num_classes = num_classes
         self.num_domains = num_domains
+        self.input_shape = tuple(input_shape)
         self.check_hparams()
         self.cuts: list[Cut] = resolve_cuts(self, self.hparams["perturb_layer"])
         self._cut_forward = CutForward(self.network, self.cuts)
@@ -193,8 +198,9 @@ class ActivationPerturbation(ERM):
             with torch.no_grad():
                 ctx.rel[cut.name] = (flat_norms(a_tilde - a)
                                      / flat_norms(a).clamp_min(1e-12))
-            if not training:
-                ctx.clean[cut.name], ctx.perturbed[cut.name] = a, a_tilde
+            if not training:  # copies: an in-place op after the cut (ReLU) would change them
+                ctx.clean[cut.name] = a.detach().clone()
+                ctx.perturbed[cut.name] = a_tilde.detach().clone()
             ctx.cut = None
             return a_tilde
 

@@ -12,7 +12,8 @@ perturbed loss (expansive, positive augmentation, eq. 6), the others minimize it
     r_c = eps_c^(l)                              (lpa_radius = absolute)
 
 ``s_c`` is a running per-class statistic (exponential moving average over updates):
-training accuracy for ``all_positive`` and ``mean_accuracy``, relative frequency
+training accuracy on the *clean* logits for ``all_positive`` and ``mean_accuracy`` (measuring it
+on the perturbed logits would feed the perturbation back into the split), relative frequency
 (``count_c / max count``) for ``frequency``. The split (3.6): ``all_positive`` puts every
 class in ``P_a`` (domain generalization, default); ``mean_accuracy`` and ``frequency`` put the
 classes with ``s_c <= mean(s)`` there (below-mean accuracy / rarer than average).
@@ -132,16 +133,35 @@ class LPA(ActivationPerturbation):
             return [self._selected]
         return self.cuts
 
+    def needs_accuracy(self) -> bool:
+        """Whether the class accuracy s_c decides anything (the split or eq. 14's bound)."""
+        h = self.hparams
+        return h["lpa_split"] == "mean_accuracy" or (
+            h["lpa_bound"] == "varied" and h["lpa_split"] != "frequency")
+
     def uses_tail(self, cut):
-        return self.hparams["lpa_mode"] == "exact"
+        # Amortized mode needs the tail only for one no-grad clean evaluation (s_c) at the
+        # first cut that fires, and only when the accuracy is used.
+        return self.hparams["lpa_mode"] == "exact" or self.needs_accuracy()
 
     def perturb(self, a, y, ctx):
         classes, groups = torch.unique(y, return_inverse=True)
         radius = self._radius(a, y, classes, groups, ctx.cut.depth)
         sign = torch.where(self.positive_classes()[classes], 1.0, -1.0)
         if self.hparams["lpa_mode"] == "amortized":
+            if ctx.training and ctx.clean_logits is None and self.needs_accuracy():
+                with torch.no_grad():  # the clean logits for s_c: one tail evaluation
+                    ctx.clean_logits = ctx.tail(a.detach()).detach()
             return self._perturb_amortized(a, y, ctx, classes, groups, radius, sign)
-        delta, clean = pgd.l2_pgd(ctx.tail, a, y, groups, radius, sign,
+        first = ctx.clean_logits is None  # earlier cuts unperturbed: the first tail is clean
+
+        def tail(z):
+            logits = ctx.tail(z)
+            if first and ctx.clean_logits is None:  # PGD's t = 0 evaluates z = a
+                ctx.clean_logits = logits.detach()
+            return logits
+
+        delta, clean = pgd.l2_pgd(tail, a, y, groups, radius, sign,
                                   int(self.hparams["lpa_steps"]), self.hparams["lpa_lowrank"])
         ctx.clean_losses = clean if ctx.clean_losses is None else ctx.clean_losses
         return a + delta[groups].to(a.dtype)
@@ -181,9 +201,11 @@ class LPA(ActivationPerturbation):
             m = self.hparams["lpa_stat_momentum"]
             y = ctx.y
             present = torch.bincount(y, minlength=self.num_classes) > 0
-            correct = (ctx.logits.argmax(1) == y).float()
-            acc = pgd.group_mean(correct, y, self.num_classes)
-            self.class_accuracy[present] = m * self.class_accuracy[present] + (1 - m) * acc[present]
+            if ctx.clean_logits is not None:  # clean accuracy (exact mode, or when s_c is used)
+                correct = (ctx.clean_logits.argmax(1) == y).float()
+                acc = pgd.group_mean(correct, y, self.num_classes)
+                self.class_accuracy[present] = (m * self.class_accuracy[present]
+                                                + (1 - m) * acc[present])
             freq = torch.bincount(y, minlength=self.num_classes).float() / len(y)
             self.class_frequency.mul_(m).add_((1 - m) * freq)
 

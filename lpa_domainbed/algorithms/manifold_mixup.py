@@ -2,8 +2,13 @@
 
 ``delta_i = lambda (a_j - a_i)``, ``lambda ~ Beta(alpha, alpha)`` once per update, ``j`` a
 random permutation of the concatenated batch of all training domains; the loss is the mixed
-``(1 - lambda) l(u, y_i) + lambda l(u, y_j)``. The layer is ``perturb_layer``, or, when
-``mmix_layers`` lists several, one of them drawn uniformly per update.
+``(1 - lambda) l(u, y_i) + lambda l(u, y_j)``. The layer is ``perturb_layer``; when it lists
+several, one of them is drawn uniformly per update (torch's RNG, seeded by DomainBed).
+
+Deviation from Verma et al.: their layer set is ``{input, block 1, block 2}``, the raw input
+included, drawn every step. Our default is one fixed layer (``default``, as for every method
+here), so the input is never mixed; ``perturb_layer = "network_input,stage1,stage2"`` is the
+original's set (``network_input`` is the raw ``x``).
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ import torch.nn.functional as F
 from lpa_domainbed import hparams as hp
 from lpa_domainbed.algorithms import ALGORITHMS
 from lpa_domainbed.algorithms.base import ActivationPerturbation, merge_specs, require
-from lpa_domainbed.perturb.layers import resolve_cuts
 
 __all__ = ["ManifoldMixup"]
 
@@ -28,17 +32,16 @@ class ManifoldMixup(ActivationPerturbation):
     def hparam_specs(cls, dataset=None):
         return merge_specs(super().hparam_specs(dataset), [
             hp.HParam("mmix_alpha", 0.2, hp.log_uniform(-1, 1), "alpha of Beta(alpha, alpha)"),
-            hp.HParam("mmix_layers", "", hp.fixed(""),
-                      "layers to draw from per update ('' = perturb_layer only)"),
         ])
 
     def check_hparams(self):
         require(self.hparams, "mmix_alpha", self.hparams["mmix_alpha"] > 0, "alpha > 0")
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
-        layers = hparams.get("mmix_layers") or ""
-        if layers:  # the candidate layers become the cuts; one is active per update
-            hparams = {**hparams, "perturb_layer": layers}
+        if hparams.get("mmix_layers"):
+            raise ValueError("hparam mmix_layers was removed: give the candidate layers as a "
+                             "list in perturb_layer (one is drawn per update), e.g. "
+                             "perturb_layer='network_input,stage1,stage2'")
         super().__init__(input_shape, num_classes, num_domains, hparams)
 
     def active_cuts(self, training):

@@ -8,7 +8,14 @@ of one (``layer3``), or the aliases:
 * ``logits``: the classifier output (LPA there is LPL, paper 3.4.2);
 * ``default``: the network's default cut (below);
 * ``stage<k>`` (1-based), ``all_stages`` and ``early_stages`` (all but the last): the
-  network's declared stages, for methods placed by stage (MixStyle, DSU).
+  network's declared stages, for methods placed by stage (MixStyle, DSU);
+* ``network_input``: the raw network input ``x`` itself (the featurizer's input), e.g. for
+  Manifold Mixup's original layer set ``{input, block 1, block 2}``.
+
+Where a network applies its nonlinearity functionally after a module (DomainBed's MLP:
+``Linear -> dropout -> F.relu``), the activation ``a^(l)`` of eq. 1 is the *input of the next
+module*, not the Linear's output; :attr:`Stages.inputs` maps such layer names to that next
+module, and the cut replaces its input (a forward pre-hook) instead of a module's output.
 
 Like timm's ``feature_info``, each DomainBed featurizer declares its stages
 (:data:`NETWORK_STAGES`). They give the default cut and the depth ``L - l`` used by the
@@ -28,16 +35,19 @@ import torch.nn as nn
 __all__ = ["Cut", "NETWORK_STAGES", "Stages", "resolve_cuts", "valid_layer_names",
            "network_stages"]
 
-ALIASES = ("default", "features", "logits", "all_stages", "early_stages")
+ALIASES = ("default", "features", "logits", "all_stages", "early_stages", "network_input")
+NETWORK_INPUT = "network_input"
 
 
 @dataclasses.dataclass(frozen=True)
 class Stages:
-    """A featurizer's stages (module paths relative to the algorithm, in execution order)
-    and its default cut."""
+    """A featurizer's stages (module paths relative to the algorithm, in execution order),
+    its default cut, and ``inputs``: layer name -> path of the module whose *input* is that
+    layer's activation (for layers followed by a functional nonlinearity)."""
 
     names: tuple[str, ...]
     default: str
+    inputs: tuple[tuple[str, str], ...] = ()
 
 
 def _resnet(featurizer) -> Stages:
@@ -61,8 +71,11 @@ def _wide_resnet(featurizer) -> Stages:
 def _mlp(featurizer) -> Stages:
     hidden = [f"featurizer.hiddens.{i}" for i in range(len(featurizer.hiddens))]
     names = ("featurizer.input", *hidden, "featurizer.output")
+    # forward(): input -> dropout -> F.relu -> hiddens[0] -> dropout -> F.relu -> ... -> output.
+    # a^(l) (eq. 1, after the nonlinearity) of input and hiddens.i is the next Linear's input.
+    inputs = tuple(zip(names[:-1], names[1:]))
     # The last hidden layer: like ResNet's layer3, two stages (output, classifier) follow it.
-    return Stages(names, names[-2])
+    return Stages(names, names[-2], inputs)
 
 
 def _stage_table() -> dict[type, Callable[[nn.Module], Stages]]:
@@ -92,14 +105,16 @@ class Cut:
 
     Attributes:
         name: canonical name relative to the algorithm (``featurizer.network.layer3``,
-            ``features`` or ``logits``).
-        module: the module whose output is perturbed.
+            ``features``, ``logits`` or ``network_input``).
+        module: the module whose output is perturbed (whose input, with ``at_input``).
         depth: ``L - l``, the number of stages after the cut (0 at the logits).
+        at_input: the activation is ``module``'s first positional input, not its output.
     """
 
     name: str
     module: nn.Module = dataclasses.field(compare=False, repr=False)
     depth: int
+    at_input: bool = False
 
     @property
     def is_logits(self) -> bool:
@@ -110,22 +125,57 @@ def valid_layer_names(algorithm) -> list[str]:
     """Every name :func:`resolve_cuts` accepts for ``algorithm`` (aliases first)."""
     names = [f"featurizer.{n}" for n, _ in algorithm.featurizer.named_modules() if n]
     names += [f"classifier.{n}" for n, _ in algorithm.classifier.named_modules() if n]
-    return [*ALIASES, *network_stages(algorithm.featurizer).names, *names]
+    # Stages are module paths too: dict.fromkeys keeps the first of each, in order.
+    return list(dict.fromkeys([*ALIASES, *network_stages(algorithm.featurizer).names, *names]))
+
+
+def execution_order(featurizer: nn.Module, input_shape) -> list[str]:
+    """Paths (``featurizer.``-prefixed) of the featurizer's modules in the order their
+    ``forward`` finishes in one no-grad pass on a zero batch of 2 (eval mode, state-free)."""
+    import torch
+
+    order, handles = [], []
+    for n, m in featurizer.named_modules():
+        if n:
+            handles.append(m.register_forward_hook(
+                lambda *_, n=n: order.append(f"featurizer.{n}")))
+    was_training = featurizer.training
+    try:
+        featurizer.eval()
+        param = next(featurizer.parameters(), None)
+        device = param.device if param is not None else "cpu"
+        with torch.no_grad():
+            featurizer(torch.zeros(2, *input_shape, device=device))
+    finally:
+        featurizer.train(was_training)
+        for h in handles:
+            h.remove()
+    return list(dict.fromkeys(order))
 
 
 def _depth(algorithm, name: str, stages: Stages) -> int:
+    units = list(stages.names)
+    if name == NETWORK_INPUT:
+        return len(units) + 1
     if name == "logits" or name.startswith("classifier"):
         return 0
     if name == "features":
         return 1
-    units = list(stages.names)
     for i, stage in enumerate(units):
         if name == stage or name.startswith(stage + "."):
             return len(units) - i  # stages after this one, plus the classifier
-    # Outside every stage: before the first one (a stem) or after the last (pooling).
-    order = [f"featurizer.{n}" for n, _ in algorithm.featurizer.named_modules() if n]
-    if units and order.index(name) < order.index(units[0]):
-        return len(units) + 1
+    if not units:
+        return 1
+    # Outside every declared stage (MNIST_CNN's convolutions, a stem, pooling): the depth of
+    # the first stage that finishes after it *in execution order* (registration order differs,
+    # e.g. MNIST_CNN registers all convolutions before its norm layers); after the last: 1.
+    order = execution_order(algorithm.featurizer, algorithm.input_shape)
+    if name not in order:
+        raise ValueError(f"perturb_layer {name!r} is never called in the featurizer's forward "
+                         f"pass, so it cannot be perturbed")
+    for i, stage in enumerate(units):
+        if order.index(stage) > order.index(name):
+            return len(units) - i
     return 1
 
 
@@ -180,6 +230,8 @@ def resolve_cuts(algorithm, names) -> list[Cut]:
     valid = valid_layer_names(algorithm)
     modules = {"features": algorithm.featurizer, "logits": algorithm.classifier}
     modules.update((n, m) for n, m in algorithm.named_modules() if n)
+    inputs = dict(stages.inputs)
+    inputs[NETWORK_INPUT] = "featurizer"
     cuts = []
     for raw in names:
         if not isinstance(raw, str):
@@ -187,5 +239,9 @@ def resolve_cuts(algorithm, names) -> list[Cut]:
         name = _canonical(algorithm, raw, stages, valid)
         if any(c.name == name for c in cuts):
             raise ValueError(f"perturb_layer lists {name!r} twice")
-        cuts.append(Cut(name, modules[name], _depth(algorithm, name, stages)))
+        if name in inputs:
+            cuts.append(Cut(name, modules[inputs[name]], _depth(algorithm, name, stages),
+                            at_input=True))
+        else:
+            cuts.append(Cut(name, modules[name], _depth(algorithm, name, stages)))
     return cuts

@@ -15,18 +15,12 @@ batch statistics in training mode but do not update their running statistics, an
 writes ``.grad`` (callers differentiate with ``torch.autograd.grad`` w.r.t. ``z`` only).
 
 Memory. Recorded outputs are kept only for the cuts whose ``on_cut`` may call :meth:`tail`
-(``run(..., tail_cuts=...)``) and only until the last of them has fired. Most recorded outputs
-cannot influence the tail at all: a replayed module ignores its input, so an output that only
-feeds the next replayed module (a chain ``conv -> relu -> norm`` of MNIST_CNN, every stage
-before the cut of a ResNet) is never read. Keeping such an output alive costs memory when the
-network itself would have freed it (MNIST_CNN's convolution outputs). So the first tail
-evaluation at a cut (for a given input shape and train/eval mode) runs once more with each
-recorded output, and ``z``, replaced by a data-free stand-in (:class:`_Unused`: shape, dtype
-and device only; every operation on it returns another stand-in, computed on the ``meta``
-device, so the check costs no arithmetic) and notes which outputs reached the result. Those that did not are replaced by stand-ins from
-then on; the others are kept. Anything the check cannot follow (data-dependent Python, an
-in-place write into a real tensor, an operation without a meta kernel) keeps every output, as
-before. Set ``CutForward.drop_unused_records = False`` to switch this off.
+(``run(..., tail_cuts=...)``) and only until the last of them has fired.
+
+In-place operations after the cut (a ResNet block's ``ReLU(inplace=True)``, ``out += identity``)
+never write into ``z``: a tail evaluation starts from a copy of ``z`` (the leaf PGD
+differentiates); ``probe()`` keeps copies of the activations it reports.
+A tail that writes into a *replayed* output would change the next tail's result; it raises.
 """
 
 from __future__ import annotations
@@ -37,7 +31,6 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-from torch.utils._pytree import tree_flatten, tree_map
 
 from lpa_domainbed.perturb.layers import Cut
 
@@ -46,115 +39,20 @@ __all__ = ["CutForward", "frozen_batchnorm_stats"]
 _MISSING = object()
 
 
-class _NeedsValue(Exception):
-    """A stand-in's value would be read: the recorded output it replaces is needed."""
-
-
-# Operations that read only metadata (answered by the stand-in itself), and those that read
-# values (a stand-in has none).
-_METADATA = frozenset({
-    "shape", "size", "dim", "ndim", "ndimension", "dtype", "device", "numel", "nelement",
-    "__len__", "is_floating_point", "is_complex", "layout", "requires_grad", "is_cuda",
-    "is_meta", "is_sparse", "stride", "is_contiguous", "element_size", "grad_fn", "is_leaf",
-    "names", "__hash__"})
-_READS_VALUES = frozenset({
-    "item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__", "__complex__",
-    "data_ptr", "__array__", "__repr__", "__str__", "__format__", "__reduce_ex__",
-    "__deepcopy__", "storage", "untyped_storage", "_typed_storage", "__dlpack__", "equal",
-    "allclose", "__iter__", "__contains__", "backward", "register_hook", "retain_grad"})
-_INPLACE_DUNDERS = frozenset({
-    "__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__",
-    "__imod__", "__ipow__", "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__",
-    "__imatmul__"})
-
-
-def _func_name(func) -> str:
-    name = getattr(func, "__name__", "")
-    if name == "__get__":  # a property such as Tensor.shape
-        name = getattr(getattr(func, "__self__", None), "__name__", name)
-    return name
-
-
-class _Unused(torch.Tensor):
-    """A data-free stand-in for a recorded output (shape, dtype, device). Operations on it
-    return stand-ins computed on the ``meta`` device; ``sources`` names the recorded outputs
-    it derives from. Reading its values raises :class:`_NeedsValue`."""
-
-    @staticmethod
-    def __new__(cls, shape, dtype, device, sources):
-        t = torch.Tensor._make_wrapper_subclass(cls, shape, dtype=dtype, device=device)
-        t._lpa_sources = frozenset(sources)
-        return t
-
-    @classmethod
-    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
-        raise _NeedsValue(f"{func} reached the dispatcher with a stand-in")
-
-    @classmethod
-    def __torch_function__(cls, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        flat, _ = tree_flatten((args, kwargs))
-        unused = [t for t in flat if isinstance(t, _Unused)]
-        name = _func_name(func)
-        if not unused or name in _METADATA:
-            with torch._C.DisableTorchFunctionSubclass():
-                return func(*args, **kwargs)
-        sources = frozenset().union(*(t._lpa_sources for t in unused))
-        if name in _READS_VALUES:
-            raise _NeedsValue(name)
-        inplace = (kwargs.get("out") is not None or bool(kwargs.get("inplace"))
-                   or name in _INPLACE_DUNDERS or (name.endswith("_") and not name.endswith("__")))
-        if inplace:  # writing a stand-in into a real tensor would change a real value
-            target = kwargs.get("out", args[0] if args else None)
-            if any(isinstance(t, torch.Tensor) and not isinstance(t, _Unused)
-                   for t in tree_flatten(target)[0]):
-                raise _NeedsValue(name)
-        device = unused[0].device
-
-        def to_meta(x):
-            if isinstance(x, _Unused):
-                return torch.empty(x.shape, dtype=x.dtype, device="meta")
-            if isinstance(x, torch.Tensor):
-                return x.detach().to("meta")
-            return x
-
-        try:
-            with torch._C.DisableTorchFunctionSubclass():
-                margs, mkwargs = tree_map(to_meta, (args, kwargs))
-                out = func(*margs, **mkwargs)
-            return tree_map(lambda o: _Unused(o.shape, o.dtype, device, sources)
-                            if isinstance(o, torch.Tensor) else o, out)
-        except _NeedsValue:
-            raise
-        except Exception as error:  # no meta kernel, data-dependent shape, ...
-            raise _NeedsValue(name) from error
-
-
-def _stand_in(value, source):
-    """``value`` with every tensor replaced by a stand-in (``value`` itself if it holds none)."""
-    leaves, _ = tree_flatten(value)
-    if not any(isinstance(t, torch.Tensor) for t in leaves):
-        return value
-    return tree_map(lambda t: _Unused(t.shape, t.dtype, t.device, {source})
-                    if isinstance(t, torch.Tensor) else t, value)
-
-
-_CUT_INPUT = "<z>"  # the source name of the cut's own stand-in in the check
-
-
-def _stand_in_sources(value) -> set:
-    return set().union(*(t._lpa_sources for t in tree_flatten(value)[0]
-                         if isinstance(t, _Unused)))
-
-
 def _detach(value):
-    if isinstance(value, _Unused):
-        return value
     if isinstance(value, torch.Tensor):
         return value.detach()
     if isinstance(value, (tuple, list)):
         return type(value)(_detach(v) for v in value)
     return value
+
+
+def _tensors(value) -> list:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    return []
 
 
 @contextlib.contextmanager
@@ -208,10 +106,6 @@ class CutForward:
     ``on_cut``, :meth:`tail` is available for the cuts named in ``tail_cuts`` (default: all).
     """
 
-    #: Replace recorded outputs that cannot reach the tail's result by data-free stand-ins
-    #: (checked once per cut, input shape and train/eval mode; see the module docs).
-    drop_unused_records: bool = True
-
     def __init__(self, root: nn.Module, cuts: list[Cut]):
         self.root = root
         self.cuts = cuts
@@ -237,10 +131,6 @@ class CutForward:
         self._tail_cuts: set[str] = set()
         self._pending: set[str] = set()  # tail cuts (not at the logits) yet to fire
         self._recording = False
-        self._stand_ins: frozenset = frozenset()
-        # (cut, input shape, mode...) -> recorded outputs, as (module, call index), that
-        # cannot reach the tail's result at that cut
-        self._unused: dict[tuple, frozenset] = {}
 
     # -- the real pass ---------------------------------------------------------------------
     def run(self, x: torch.Tensor, on_cut: Callable, tail_cuts=None) -> torch.Tensor:
@@ -251,14 +141,17 @@ class CutForward:
         self._tail_cuts = {c.name for c in self.cuts if c.name in names}
         self._pending = {c.name for c in self.cuts if c.name in names and not c.is_logits}
         self._recording = bool(self._pending)
-        self._stand_ins = self._known_unused(self._pending)
         self._records = {m: [] for m in self._replayable}
         handles = []
         try:
             # Cut hooks first: a cut that is also replayable is recorded after perturbation.
             for cut in self.cuts:
-                handles.append(cut.module.register_forward_hook(
-                    functools.partial(self._cut_hook, cut, on_cut)))
+                if cut.at_input:
+                    handles.append(cut.module.register_forward_pre_hook(
+                        functools.partial(self._input_cut_hook, cut, on_cut)))
+                else:
+                    handles.append(cut.module.register_forward_hook(
+                        functools.partial(self._cut_hook, cut, on_cut)))
             for module in self._replayable:
                 handles.append(module.register_forward_hook(
                     functools.partial(self._record_hook, module)))
@@ -272,20 +165,12 @@ class CutForward:
             for handle in handles:
                 handle.remove()
             self._records, self._x = {}, None
-            self._recording, self._pending, self._stand_ins = False, set(), frozenset()
+            self._recording, self._pending = False, set()
 
-    def _key(self, cut_name: str) -> tuple:
-        x = self._x
-        return (cut_name, self.root.training, tuple(x.shape), x.dtype, str(x.device))
-
-    def _known_unused(self, cut_names) -> frozenset:
-        """Recorded outputs that no tail at ``cut_names`` reads (empty until all are checked)."""
-        if not self.drop_unused_records or not cut_names:
-            return frozenset()
-        sets = [self._unused.get(self._key(name)) for name in cut_names]
-        if any(s is None for s in sets):
-            return frozenset()
-        return frozenset.intersection(*sets)
+    def _input_cut_hook(self, cut, on_cut, module, args):
+        """Pre-hook of an ``at_input`` cut: the activation is ``module``'s first input."""
+        result = self._cut_hook(cut, on_cut, module, args, args[0])
+        return None if result is None else (result, *args[1:])
 
     def _cut_hook(self, cut, on_cut, module, args, output):
         if self._in_tail:
@@ -306,11 +191,7 @@ class CutForward:
     def _record_hook(self, module, _, args, output):
         if self._in_tail or not self._recording:
             return
-        records = self._records[module]
-        source = (module, len(records))
-        if source in self._stand_ins:
-            output = _stand_in(output, source)
-        records.append((self._seq, output))
+        self._records[module].append((self._seq, output))
         self._seq += 1
 
     # -- tail evaluations ------------------------------------------------------------------
@@ -332,51 +213,38 @@ class CutForward:
         if cut.name not in self._fired or cut.name not in self._pending:
             raise RuntimeError(f"tail() at {cut.name!r} is only available inside its on_cut")
         fired_at = self._fired[cut.name]
-        key = self._key(cut.name)
-        if self.drop_unused_records and key not in self._unused:
-            self._unused[key] = self._find_unused(cut, fired_at, z)
-            drop = self._known_unused(self._pending)
-            for module, records in self._records.items():  # free them for this pass already
-                records[:] = [(seq, _stand_in(o, (module, i))) if (module, i) in drop
-                              else (seq, o) for i, (seq, o) in enumerate(records)]
-        logits = self._evaluate(cut, fired_at, z, lambda module, i, o: (
-            _detach(o) if detach_head else o))
-        if _stand_in_sources(logits):
-            raise RuntimeError(
-                f"the tail at {cut.name!r} read a recorded output that an earlier check found "
-                f"unused (does the network's forward change from pass to pass?); set "
-                f"CutForward.drop_unused_records = False")
-        return logits
+        return self._evaluate(cut, fired_at, z, detach_head)
 
-    def _evaluate(self, cut, fired_at, z, replay):
-        patches = {}
+    def _evaluate(self, cut, fired_at, z, detach_head):
+        patches, versions = {}, []
         for module, records in self._records.items():
-            outputs = [replay(module, i, o) for i, (seq, o) in enumerate(records) if seq < fired_at]
+            outputs = [_detach(o) if detach_head else o
+                       for seq, o in records if seq < fired_at]
             if outputs:
                 patches[module] = _replayer(outputs, module.forward)
-        patches[cut.module] = lambda *args, **kwargs: z
+                versions += [(module, t, t._version) for t in _tensors(outputs)]
+        # A copy of z: an in-place op after the cut (ReLU(inplace=True)) must not write into
+        # the leaf PGD differentiates; gradients flow through the copy.
+        if cut.at_input:
+            original = cut.module.forward
+            patches[cut.module] = lambda *args, **kwargs: original(z.clone(), *args[1:],
+                                                                   **kwargs)
+        else:
+            patches[cut.module] = lambda *args, **kwargs: z.clone()
         self._in_tail = True
         try:
             with _patched_forwards(patches), frozen_batchnorm_stats(self._batchnorms):
-                return self.root(self._x)
+                logits = self.root(self._x)
         finally:
             self._in_tail = False
+        changed = [self._path(m) for m, t, v in versions if t._version != v]
+        if changed:
+            raise RuntimeError(
+                f"a tail evaluation at {cut.name!r} wrote in place into the recorded output of "
+                f"{sorted(set(changed))} (e.g. 'out += identity' after the cut), so the next "
+                f"evaluation would see a changed value; choose a layer after that operation, "
+                f"e.g. the enclosing block")
+        return logits
 
-    def _find_unused(self, cut, fired_at, z) -> frozenset:
-        """The recorded outputs before ``cut`` that cannot reach the tail's result: one tail
-        evaluation in which they and ``z`` are all stand-ins (so nothing is computed but
-        shapes; no grad, RNG restored), then the sources of the stand-in it returns."""
-        candidates = frozenset((module, i) for module, records in self._records.items()
-                               for i, (seq, _) in enumerate(records) if seq < fired_at)
-        if not candidates:
-            return frozenset()
-        z = _Unused(z.shape, z.dtype, z.device, {_CUT_INPUT})
-        devices = [z.device.index or 0] if z.device.type == "cuda" else []
-        try:
-            with torch.random.fork_rng(devices=devices), torch.no_grad():
-                out = self._evaluate(cut, fired_at, z, lambda module, i, o: (
-                    _stand_in(o, (module, i))))
-            needed = _stand_in_sources(out)
-        except Exception:  # _NeedsValue, or anything the check cannot follow: keep them all
-            needed = candidates
-        return candidates - needed
+    def _path(self, module) -> str:
+        return next((n for n, m in self.root.named_modules() if m is module), "?")
