@@ -1,10 +1,9 @@
 """``submitit``: run a sweep's commands as Slurm job arrays through `submitit`_.
 
-Each command becomes one task of a Slurm job array; at most ``LPA_SLURM_ARRAY_PARALLELISM``
-tasks run at once over the whole sweep. Where there is no Slurm (no ``srun`` on ``PATH``), or
-with ``LPA_SUBMITIT_CLUSTER=local``, submitit's local executor runs the commands on this machine
-instead, as many at once. The launcher waits for every job, prints a progress line whenever the
-counts change, reports each failed job with its logs and returns the failed commands. Ctrl-C
+Each command is one task of a Slurm job array, at most ``LPA_SLURM_ARRAY_PARALLELISM`` running
+at once; without Slurm (no ``srun`` on ``PATH``, or ``LPA_SUBMITIT_CLUSTER=local``) submitit's
+local executor runs them here, as many at once. It waits for every job, prints progress when
+the counts change, reports failed jobs with their logs and returns the failed commands. Ctrl-C
 cancels every unfinished job (``scancel`` on Slurm) and ends the sweep with one line.
 
 Jobs get the environment of the sweep (submitit's Slurm jobs inherit sbatch's environment,
@@ -72,8 +71,8 @@ def _failure(error: BaseException) -> str:
     if match:
         return f"ended without a result (state {match.group(1)})"
     parts = text.split("-" * 22)  # submitit puts the job's traceback between such rules
-    lines = [line.strip() for line in (parts[1] if len(parts) >= 3 else text).splitlines()]
-    lines = [line for line in lines if line]
+    lines = [line.strip() for line in (parts[1] if len(parts) >= 3 else text).splitlines()
+             if line.strip()]
     return lines[-1][:200] if lines else type(error).__name__
 
 
@@ -120,13 +119,12 @@ def _submit_arrays(executor, commands: list[str], jobs: list, failed: dict,
               f"{array[0].job_id.split('_')[0]} (at most {per_array} at once)", flush=True)
 
 
-def _logs(job) -> str:
+def _logs(job) -> str:  # a job's log paths, for messages
     return f"stdout: {job.paths.stdout}, stderr: {job.paths.stderr}"
 
 
 def _sleep(seconds: float) -> None:
-    """Wait between polls (tests replace it)."""
-    time.sleep(seconds)
+    time.sleep(seconds)  # tests replace it
 
 
 def _cancel(unfinished: list, cluster: str) -> None:
@@ -158,8 +156,7 @@ def submitit_launcher(commands: list[str]) -> list[str]:
     jobs: list = [None] * len(commands)
     failed: dict[int, str] = {}  # index -> reason
     finished: set[int] = set()
-    last_line = None
-    start = time.monotonic()
+    last_line, start = None, time.monotonic()
     try:
         if cluster == "slurm":
             _submit_arrays(executor, commands, jobs, failed, settings, parallelism)
