@@ -117,12 +117,16 @@ def test_submitit_commands_sbatch_refuses_are_returned_and_the_rest_run(tmp_path
     monkeypatch.setenv("LPA_SUBMITIT_CLUSTER", "slurm")
     monkeypatch.setenv("LPA_SLURM_MAX_ARRAY_SIZE", "2")
     outputs = [tmp_path / f"out{i}.txt" for i in range(4)]
-    commands = [writer_command(out) for out in outputs]
+    job_dirs = [tmp_path / f"job{i}" for i in range(4)]
+    for job_dir in job_dirs:
+        job_dir.mkdir()  # as DomainBed's Job.launch does before calling the launcher
+    commands = [writer_command(out, job_dir) for out, job_dir in zip(outputs, job_dirs)]
 
     failed = submitit_module.submitit_launcher(commands)
 
     assert failed == commands[2:]
     assert [out.exists() for out in outputs] == [True, True, False, False]
+    assert [job_dir.exists() for job_dir in job_dirs] == [True, True, False, False]
     err = capsys.readouterr().err
     assert "QOSMaxSubmitJobPerUserLimit" in err and "2 commands were not submitted" in err
     assert "relaunch the sweep" in err

@@ -24,8 +24,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-__all__ = ["SlurmSettings", "job_output_dir", "num_parallel_jobs", "settings_or_cleanup",
-           "slurm_settings", "validate_settings"]
+__all__ = ["SlurmSettings", "job_output_dir", "num_parallel_jobs", "remove_empty_job_dirs",
+           "settings_or_cleanup", "slurm_settings", "validate_settings"]
 
 
 def _text(raw: str) -> str:
@@ -154,16 +154,22 @@ def job_output_dir(command: str) -> str | None:
     return shlex.split(match.group(1))[0] if match else None
 
 
+def remove_empty_job_dirs(commands: list[str]) -> None:
+    """Remove the commands' job directories that are still empty (made by DomainBed's
+    ``Job.launch`` for jobs that never started), so that DomainBed's next ``launch`` sees those
+    jobs as not launched rather than incomplete."""
+    for command in commands:
+        out_dir = job_output_dir(command)
+        if out_dir and os.path.isdir(out_dir) and not os.listdir(out_dir):
+            os.rmdir(out_dir)
+
+
 def settings_or_cleanup(commands: list[str], launcher: str, read: Callable[[], Any]) -> Any:
     """``read()`` (after :func:`validate_settings` for ``launcher``); when a setting is invalid,
-    first remove the commands' job directories that are still empty, so that DomainBed sees
-    those jobs as not launched when the corrected command runs again."""
+    first :func:`remove_empty_job_dirs`, so the corrected command launches every job."""
     try:
         validate_settings(launcher)
         return read()
     except (ValueError, ModuleNotFoundError):
-        for command in commands:
-            out_dir = job_output_dir(command)
-            if out_dir and os.path.isdir(out_dir) and not os.listdir(out_dir):
-                os.rmdir(out_dir)
+        remove_empty_job_dirs(commands)
         raise

@@ -35,7 +35,8 @@ import sys
 import time
 
 from lpa_domainbed.launchers.processes import ignoring_ctrl_c, interrupted, start_job, stop_jobs
-from lpa_domainbed.launchers.settings import SlurmSettings, settings_or_cleanup, slurm_settings
+from lpa_domainbed.launchers.settings import (SlurmSettings, remove_empty_job_dirs,
+                                              settings_or_cleanup, slurm_settings)
 
 __all__ = ["run_shell_command", "submitit_launcher"]
 
@@ -78,11 +79,7 @@ def _failure(error: BaseException) -> str:
 
 def _make_executor(settings: SlurmSettings):
     """The executor (Slurm or local), its log folder for this launch, and its cluster."""
-    try:
-        import submitit
-    except ModuleNotFoundError:  # validate_settings checks this first; here for direct calls
-        raise ModuleNotFoundError("the 'submitit' launcher needs submitit: "
-                                  "pip install 'lpa-domainbed[slurm]'") from None
+    import submitit  # installed: validate_settings("submitit") checked it
     cluster = settings.cluster or ("slurm" if submitit.AutoExecutor.which() == "slurm"
                                    else "local")
     folder = (settings.log_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}").absolute()
@@ -97,9 +94,9 @@ def _make_executor(settings: SlurmSettings):
 
 def _submit_arrays(executor, commands: list[str], jobs: list, failed: dict,
                    settings: SlurmSettings, parallelism: int) -> None:
-    """Job arrays of at most ``max_array_size`` tasks sharing ``parallelism`` evenly. When
-    sbatch refuses one (e.g. a per-user job limit), its commands and the later ones count as
-    failed and the arrays already submitted go on."""
+    """Job arrays of at most ``max_array_size`` tasks sharing ``parallelism``. Commands sbatch
+    refuses (e.g. a per-user job limit) fail and lose their empty job directories, so that a
+    rerun launches them; the arrays already submitted go on."""
     size = settings.max_array_size
     starts = range(0, len(commands), size)
     per_array = max(1, parallelism // len(starts))
@@ -110,6 +107,7 @@ def _submit_arrays(executor, commands: list[str], jobs: list, failed: dict,
         except (RuntimeError, OSError) as error:
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
             failed.update({i: f"not submitted ({reason})" for i in range(start, len(commands))})
+            remove_empty_job_dirs(commands[start:])
             print(f"{_PREFIX} sbatch refused: {reason}; {len(commands) - start} commands were "
                   f"not submitted. Once the submitted jobs have ended, relaunch the sweep (see "
                   f"'Resume' in docs/launchers.md).", file=sys.stderr, flush=True)
