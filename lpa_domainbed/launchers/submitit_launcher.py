@@ -54,7 +54,7 @@ def run_shell_command(command: str) -> None:
     try:
         returncode = process.wait()
     except BaseException:
-        stop_jobs([process], grace=0.5)
+        stop_jobs([process], grace=0.1)  # submitit SIGKILLs this process 1 s after SIGINT
         raise
     if returncode != 0:
         raise subprocess.CalledProcessError(returncode, command)
