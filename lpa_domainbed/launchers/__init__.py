@@ -7,13 +7,17 @@ the list of commands that failed.
 * ``submitit``: Slurm job arrays through submitit, or submitit's local executor where there is
   no Slurm (:func:`.submitit_launcher.submitit_launcher`; submitit is imported only when it
   runs). The function is not re-exported here: its name is also its module's name.
+
+Both read their settings from environment variables; :func:`validate_settings` checks them
+(a command line tool calls it before starting DomainBed's sweep).
 """
 
 from lpa_domainbed.launchers import submitit_launcher as _submitit_module
 from lpa_domainbed.launchers.local_parallel import local_parallel_launcher
+from lpa_domainbed.launchers.settings import validate_settings
 from lpa_domainbed.registry import Registry
 
-__all__ = ["LAUNCHERS", "local_parallel_launcher"]
+__all__ = ["LAUNCHERS", "local_parallel_launcher", "validate_settings"]
 
 LAUNCHERS: Registry = Registry("command launcher")
 LAUNCHERS.add("local_parallel", local_parallel_launcher)
