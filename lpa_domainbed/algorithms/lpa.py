@@ -135,6 +135,12 @@ class LPA(ActivationPerturbation):
     def uses_tail(self, cut):
         return self.hparams["lpa_mode"] == "exact"
 
+    @property
+    def search_steps(self) -> int:
+        """``T`` (lpa_steps) in exact mode; amortized mode searches no tail (one PGD step
+        per update from the training backward's gradient)."""
+        return int(self.hparams["lpa_steps"]) if self.hparams["lpa_mode"] == "exact" else 0
+
     def perturb(self, a, y, ctx):
         classes, groups = torch.unique(y, return_inverse=True)
         radius = self._radius(a, y, classes, groups, ctx.cut.depth)
