@@ -55,7 +55,7 @@ def run(nets: list[NetworkSpec], settings: Settings, device: str = "cpu",
         rec["machine"] = machine
     targets = evaluate_targets(records)
     records += targets
-    records.append(demo_record(DEMO_TIMING if demo_timing is None else demo_timing))
+    records.append(demo_record(DEMO_TIMING if demo_timing is None else demo_timing, REPO))
     say("==> targets")
     for t in targets:
         say(f"    [{'MET' if t['met'] else 'MISSED':>6}] {t['network']}: {t['target']} = "
