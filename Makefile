@@ -84,15 +84,17 @@ tables: $(STAMP)
 	@$(PY) -m lpa_domainbed.tables --input_dir $(INPUT_DIR) --name $(NAME)
 
 # The paper's analysis figures (1, 3a, 4a, 7) on RotatedDigits, about 10 minutes on 2 CPU cores;
+# the in-process trainer is tested equal to domainbed.scripts.train (tests/test_figures.py);
 # finished runs are cached in results/figures/cache/. More: FIGURES_ARGS="--steps 600 --trials 5".
 figures: $(STAMP)
 	@$(MAKE) --no-print-directory domainbed
 	@echo "==> figures: DomainBed runs in-process, then PNG + CSV under results/figures/"
 	@$(PY) -m lpa_domainbed.figures $(FIGURES_ARGS)
 
-# Each algorithm's training update vs ERM on ResNet-50 (3x96x96) and MNIST_CNN: time, the
-# analytic floor of exact PGD, peak memory -> results/benchmarks/latest.{json,md}. About 10
-# minutes on 2 CPU cores; BENCH_ARGS="--quick" for a smoke run, "--device cuda" on a GPU.
+# Each algorithm's training update vs ERM on DomainBed's default network (timm ResNet-50,
+# 224 px, random weights built offline) and MNIST_CNN: time, the analytic floor of exact PGD,
+# peak memory -> results/benchmarks/latest.{json,md}; targets in lpa_domainbed/bench/config.py.
+# Long on a CPU; BENCH_ARGS="--quick" for a smoke run, "--device cuda" on a GPU.
 bench: $(STAMP)
 	@$(MAKE) --no-print-directory domainbed
 	@echo "==> bench: one process, interleaved rounds, medians -> results/benchmarks/"

@@ -19,20 +19,12 @@ requires_domainbed = pytest.mark.skipif(not HAVE_DOMAINBED, reason=NO_DOMAINBED)
 
 @pytest.fixture(scope="session")
 def torch_home(tmp_path_factory):
-    """A TORCH_HOME holding *randomly initialized* ResNet-18 weights under the file name
-    torchvision's pretrained loader looks for, so DomainBed's ResNet builds offline.
-    (DomainBed always asks for pretrained weights; the tests need the architecture only.)"""
-    import torch
-    import torchvision
+    """A TORCH_HOME holding *randomly initialized* ResNet-18 weights where torchvision's
+    pretrained loader looks for them, so DomainBed's ResNet builds offline (also in train-script
+    subprocesses given ``TORCH_HOME``)."""
+    from lpa_domainbed.bench.weights import write_random_weights
 
-    home = tmp_path_factory.mktemp("torch_home")
-    checkpoints = home / "hub" / "checkpoints"
-    checkpoints.mkdir(parents=True)
-    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
-    torch.manual_seed(0)
-    torch.save(torchvision.models.resnet18().state_dict(),
-               checkpoints / os.path.basename(weights.url))
-    return home
+    return write_random_weights(tmp_path_factory.mktemp("torch_home"), ("resnet18",))
 
 
 @pytest.fixture

@@ -26,11 +26,12 @@ def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     net = dataclasses.replace(bench.MNIST_CNN, per_domain=2)
     settings = bench.Settings(warmup=1, rounds=1, mem_reps=1, clock="cpu", threads=1)
-    run_md = out / "RUN.md"
-    run_md.write_text("- Jobs: 36 (36 run in this invocation); sweep wall time 41 s, "
-                      "sweep + tables 43 s.\n")
+    timing = out / "timing.json"
+    timing.write_text(json.dumps({"sweep_wall_time_s": 41.0, "total_wall_time_s": 43.0,
+                                  "jobs": 36, "jobs_run": 36, "commit": "abc1234",
+                                  "domainbed_commit": "def5678", "machine": "a test box"}))
     threads = torch.get_num_threads()
-    records = bench.run([net], settings, "cpu", out=out, log=None, demo_md=run_md)
+    records = bench.run([net], settings, "cpu", out=out, log=None, demo_timing=timing)
     assert torch.get_num_threads() == threads  # restored
     return records, out
 
@@ -48,7 +49,7 @@ def test_every_variant_has_a_complete_record(tiny_run):
         for field in ("network", "algorithm", "mode", "ratio_vs_erm", "floor_ratio",
                       "peak_mem_ratio", "time_ms", "machine"):
             assert field in r, (field, r["algorithm"])
-        assert r["network"] == "MNIST_CNN"
+        assert r["network"] == "MNIST_CNN" and r["network_built"] == "DomainBed's MNIST_CNN"
         for field in ("time_ms", "ratio_vs_erm", "peak_mem_ratio", "transient_mem_ratio",
                       "peak_bytes", "wall_ms", "cpu_ms"):
             assert positive_finite(r[field]), (field, r)
@@ -73,24 +74,58 @@ def test_targets_and_reports(tiny_run):
     targets = [r for r in records if r["kind"] == "target"]
     names = " | ".join(t["target"] for t in targets)
     for expected in ("LPA exact", "ADA", "LPA amortized time vs ERM", "Dropout time vs ERM",
-                     "ManifoldMixup time vs ERM", "low-rank", "peak memory"):
+                     "ManifoldMixup time vs ERM", "low-rank"):
         assert expected in names
+    assert "peak memory" not in names  # a target on ResNet-50 only; MNIST_CNN's is reported
     assert all(isinstance(t["met"], bool) and positive_finite(t["value"]) for t in targets)
     md = (out / "latest.md").read_text()
     assert "| MNIST_CNN | LPA | exact |" in md and "## Targets" in md
     assert ("MET" in md or "MISSED" in md) and "torch " + torch.__version__ in md
     demo = [r for r in records if r["kind"] == "demo"]
     assert len(demo) == 1 and demo[0]["sweep_wall_time_s"] == 41.0
-    assert demo[0]["sweep_and_tables_wall_time_s"] == 43.0
-    assert (demo[0]["jobs_total"], demo[0]["jobs_run"]) == (36, 36)
+    assert demo[0]["total_wall_time_s"] == 43.0 and demo[0]["commit"] == "abc1234"
+    assert (demo[0]["jobs"], demo[0]["jobs_run"]) == (36, 36)
+    assert "sweep wall time: 41 s (43 s with the tables), 36 of 36 jobs" in md
+    assert "machine: a test box" in md
 
 
-def test_demo_record_without_run_md_says_why(tmp_path):
+def test_demo_record_without_or_with_a_broken_timing_json_says_why(tmp_path):
     from lpa_domainbed import bench
 
-    rec = bench.demo_record(tmp_path / "missing" / "RUN.md")
+    rec = bench.demo_record(tmp_path / "missing" / "timing.json")
     assert rec["kind"] == "demo" and rec["sweep_wall_time_s"] is None
-    assert "does not exist" in rec["note"]
+    assert "does not exist" in rec["note"] and "make demo" in rec["note"]
+    broken = tmp_path / "timing.json"
+    broken.write_text("{not json")
+    assert "not readable JSON" in bench.demo_record(broken)["note"]
+    broken.write_text(json.dumps({"jobs": 3}))
+    assert "sweep_wall_time_s" in bench.demo_record(broken)["note"]
+
+
+def test_memory_target_applies_to_resnet50_only():
+    from lpa_domainbed import bench
+
+    def row(network, algorithm, mode, mem):
+        return {"kind": "benchmark", "network": network, "algorithm": algorithm, "mode": mode,
+                "ratio_vs_erm": 1.0, "peak_mem_ratio": mem, "time_ms_all": [1.0]}
+
+    records = [row(net, "ERM", "-", 1.0) for net in ("ResNet-50", "MNIST_CNN")] + \
+        [row(net, "LPA", "amortized", 1.4) for net in ("ResNet-50", "MNIST_CNN")]
+    memory = [t for t in bench.evaluate_targets(records) if "peak memory" in t["target"]]
+    assert [(t["network"], t["target"], t["met"]) for t in memory] == \
+        [("ResNet-50", "LPA amortized peak memory vs ERM", False)]
+
+
+def test_search_steps_is_the_algorithms_own():
+    from lpa_domainbed import bench
+
+    net = dataclasses.replace(bench.MNIST_CNN, per_domain=2)
+    steps = {v.key: bench.search_steps(bench.build(v, net, "cpu")) for v in bench.variants()
+             if v.algorithm in ("ERM", "LPA", "ADA", "Dropout")}
+    assert steps == {"ERM": 0, "LPA[exact]": 3, "LPA[amortized]": 0, "LPA[lowrank]": 3,
+                     "ADA[clean_w=0.5]": 3, "ADA[clean_w=0]": 3, "Dropout[element]": 0}
+    lpa5 = bench.build(bench.Variant("LPA", "T=5", {"lpa_steps": 5}), net, "cpu")
+    assert lpa5.search_steps == 5
 
 
 def test_peak_memory_sees_the_update_allocations():

@@ -43,6 +43,11 @@ class ADA(ActivationPerturbation):
                 "an integer T >= 1")
         require(h, "ada_clean_weight", 0 <= h["ada_clean_weight"] <= 1, "a weight in [0, 1]")
 
+    @property
+    def search_steps(self) -> int:
+        """``T`` (ada_steps): the PGD search evaluates the tail T times per update."""
+        return int(self.hparams["ada_steps"])
+
     def perturb(self, a, y, ctx):
         groups = torch.arange(len(a), device=a.device)
         radius = self.hparams["ada_eps"] * flat_norms(a)

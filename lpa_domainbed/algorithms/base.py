@@ -173,6 +173,13 @@ class ActivationPerturbation(ERM):
     def after_backward(self, ctx: PerturbContext) -> None:
         """Called in ``update()`` after ``loss.backward()`` and the optimizer step."""
 
+    @property
+    def search_steps(self) -> int:
+        """Tail evaluations per cut that the perturbation search runs in one update (the
+        ``T`` of exact PGD, eqs. 9-11); 0 when no search runs. The benchmark's analytic
+        floor ``1 + T t_tail / t_step`` reads it."""
+        return 0
+
     def uses_tail(self, cut: Cut) -> bool:
         """Whether :meth:`perturb` may call ``ctx.tail`` at ``cut``. The forward pass keeps the
         outputs the tail replays only for such layers; return False (as Dropout, Manifold

@@ -144,6 +144,12 @@ class LPA(ActivationPerturbation):
         # first cut that fires, and only when the accuracy is used.
         return self.hparams["lpa_mode"] == "exact" or self.needs_accuracy()
 
+    @property
+    def search_steps(self) -> int:
+        """``T`` (lpa_steps) in exact mode; amortized mode searches no tail (one PGD step
+        per update from the training backward's gradient)."""
+        return int(self.hparams["lpa_steps"]) if self.hparams["lpa_mode"] == "exact" else 0
+
     def perturb(self, a, y, ctx):
         classes, groups = torch.unique(y, return_inverse=True)
         radius = self._radius(a, y, classes, groups, ctx.cut.depth)

@@ -30,7 +30,8 @@ the mean over trials with DomainBed's standard error ``std(values / sqrt(n))`` (
 as ``collect_results.format_mean``). See ``docs/figures.md``.
 
 Modules, one job each: ``plans`` (Settings, RunSpec, which runs each figure needs),
-``algorithms`` (algorithm classes, LPADropout, resolved hparams), ``data`` (dataset and splits
+``algorithms`` (algorithm classes, resolved hparams), ``lpa_dropout`` (Figure 3a's
+figure-only LPA+Dropout), ``data`` (dataset and splits
 as train.py builds them), ``cache`` (the JSON run cache), ``training`` (the trainer and
 ``run_all``), ``tables`` (records -> tidy tables, mean ± SE), ``canvas`` and ``plots``
 (matplotlib), ``summary`` (findings, ``summary.md``), ``pipeline`` (``make_figures``),
@@ -67,7 +68,7 @@ __all__ = [
 
 
 def __getattr__(name):
-    """``figures.LPADropout``, built on first access (importing this package needs no torch)."""
+    """``figures.LPADropout``, imported on first access (importing this package needs no torch)."""
     if name == "LPADropout":
         return algorithm_class("LPA_Dropout")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

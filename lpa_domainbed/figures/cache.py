@@ -8,9 +8,8 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-
 from lpa_domainbed.figures.plans import RunSpec, Settings
+from lpa_domainbed.runinfo import json_default
 
 __all__ = ["CACHE_VERSION", "cache_key", "RunCache"]
 
@@ -27,13 +26,6 @@ def cache_key(spec: RunSpec, settings: Settings, hparams: dict) -> dict:
             "checkpoint_freq": settings.checkpoint_freq}
 
 
-def _json_default(value):
-    """numpy scalars (DomainBed's random hparams) as Python numbers."""
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"not JSON serializable: {value!r}")
-
-
 class RunCache:
     """Finished runs as ``<dir>/<algorithm>_env<E>_trial<K>_<steps>steps_<hash>.json``."""
 
@@ -42,7 +34,7 @@ class RunCache:
 
     def path(self, key: dict) -> Path:
         """The file of ``key``: readable names, and a hash of the whole key."""
-        text = json.dumps(key, sort_keys=True, default=_json_default)
+        text = json.dumps(key, sort_keys=True, default=json_default)
         digest = hashlib.sha1(text.encode()).hexdigest()[:12]
         return self.directory / (f"{key['algorithm']}_env{key['test_env']}_trial{key['trial']}"
                                  f"_{key['steps']}steps_{digest}.json")
@@ -56,8 +48,8 @@ class RunCache:
             record = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             return None  # a half-written file from an interrupted run: train again
-        same = json.dumps(record.get("key"), sort_keys=True, default=_json_default) == \
-            json.dumps(key, sort_keys=True, default=_json_default)
+        same = json.dumps(record.get("key"), sort_keys=True, default=json_default) == \
+            json.dumps(key, sort_keys=True, default=json_default)
         return record if same else None
 
     def put(self, key: dict, record: dict) -> Path:
@@ -66,6 +58,6 @@ class RunCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({**record, "key": key}, sort_keys=True, indent=1,
-                                  default=_json_default))
+                                  default=json_default))
         os.replace(tmp, path)
         return path

@@ -1,0 +1,44 @@
+"""The analytic floor of exact PGD: ``floor = 1 + T t_tail / t_step``.
+
+An update that searches its perturbation by ``T``-step PGD (paper eqs. 9-11) must at least do
+ERM's update (``t_step``) plus ``T`` evaluations of the layers after the cut with the backward
+to the cut's input (``t_tail`` each), at every cut it perturbs. ``T`` is the algorithm's own
+``search_steps`` (0: no search, no floor). An algorithm that also trains on a clean loss
+through the tail (ADA with ``ada_clean_weight > 0``) does that backward with weight gradients
+too: ``floor_with_clean = floor + t_clean_backward / t_step``.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+__all__ = ["search_steps", "floor_ratios"]
+
+
+def search_steps(alg) -> int:
+    """Tail evaluations per cut and update of ``alg``'s search (0 for ERM and the rest)."""
+    return int(getattr(alg, "search_steps", 0))
+
+
+def floor_ratios(alg, tails: list[dict], erm_times: list[float]) -> dict:
+    """``floor_ratio``, ``floor_with_clean_ratio`` (medians over rounds, each round's tail
+    times over the same round's ERM update) and ``tail_ms`` per cut; all None without a
+    search. ``tails``: per round ``{cut: {"tail": s, "clean_backward": s}}``."""
+    steps = search_steps(alg)
+    if not steps or not tails or not all(c.name in tails[0] for c in alg.cuts):
+        return {"floor_ratio": None, "floor_with_clean_ratio": None, "tail_ms": None,
+                "pgd_steps": None}
+    # The clean loss's weight is ADA's hparam: the only algorithm that trains on it.
+    trains_clean = float(alg.hparams.get("ada_clean_weight", 0.0)) > 0
+    floors, floors_clean = [], []
+    for round_tail, t_step in zip(tails, erm_times):
+        extra = sum(steps * round_tail[c.name]["tail"] for c in alg.cuts)
+        clean = sum(round_tail[c.name]["clean_backward"] for c in alg.cuts) if trains_clean \
+            else 0.0
+        floors.append(1 + extra / t_step)
+        floors_clean.append(1 + (extra + clean) / t_step)
+    return {"floor_ratio": statistics.median(floors),
+            "floor_with_clean_ratio": statistics.median(floors_clean),
+            "tail_ms": {c.name: 1e3 * statistics.median(rt[c.name]["tail"] for rt in tails)
+                        for c in alg.cuts},
+            "pgd_steps": steps}
