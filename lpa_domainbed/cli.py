@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from lpa_domainbed import runinfo, sweeps
+from lpa_domainbed.safe_output import atomic_write_text
 
 __all__ = ["main", "run_forwarding_signals", "resume_command"]
 
@@ -139,11 +140,12 @@ def _write_run_record(spec, data_dir, output_dir, results_dir, jobs, todo, sweep
               "commit": runinfo.git_commit(Path(__file__).parent),
               "domainbed_commit": runinfo.git_commit(Path(domainbed.__file__).parents[1]),
               "machine": machine}
-    (results_dir / "timing.json").write_text(
-        json.dumps(timing, indent=2, default=runinfo.json_default) + "\n")
+    atomic_write_text(results_dir / "timing.json",
+                      json.dumps(timing, indent=2, default=runinfo.json_default) + "\n")
     launch = sweeps.format_command(sweeps.sweep_command(
         spec, "launch", _shown(data_dir), _shown(output_dir), python="python"))
-    (results_dir / "RUN.md").write_text(
+    atomic_write_text(
+        results_dir / "RUN.md",
         "# How these demo tables were made\n\n"
         f"- Command: `make demo` (= `lpa-domainbed demo`), which ran\n"
         f"  `{launch}`\n  and then `python -m lpa_domainbed.tables --input_dir "
