@@ -72,12 +72,19 @@ def _parse_record(line):
 
 
 def _read_jsonl(path):
-    """Return (records, number of non-empty lines that are not a record, last line broken)."""
+    """Return (records, number of non-empty lines that are not a record, whether the last
+    line is cut off: not JSON at all, as when a job is killed mid-write)."""
     with open(path, "r", errors="replace") as handle:
         lines = [line for line in handle if line.strip()]
     parsed = [_parse_record(line) for line in lines]
     records = [r for r in parsed if r is not None]
-    return records, len(parsed) - len(records), bool(parsed) and parsed[-1] is None
+    truncated = False
+    if lines and parsed[-1] is None:
+        try:
+            json.loads(lines[-1])
+        except json.JSONDecodeError:
+            truncated = True
+    return records, len(parsed) - len(records), truncated
 
 
 def _check_input_dir(input_dir: Path):
