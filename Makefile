@@ -19,7 +19,7 @@ DATA_DIR ?= sweeps_output/data
 OUTPUT_DIR ?= sweeps_output/$(NAME)
 LAUNCHER ?=
 
-.PHONY: setup domainbed test demo sweep sweep-dry-run tables figures bench clean-venv help
+.PHONY: setup domainbed test test-py310 demo sweep sweep-dry-run tables figures bench clean-venv help
 
 help:
 	@echo "make demo | test | setup | domainbed | sweep NAME=.. DATA_DIR=.. OUTPUT_DIR=.. [LAUNCHER=..] | tables INPUT_DIR=.. NAME=.. | figures [FIGURES_ARGS=..] | bench [BENCH_ARGS=..]"
@@ -79,9 +79,23 @@ sweep: $(STAMP)
 sweep-dry-run:
 	@$(MAKE) --no-print-directory sweep DRY_RUN=1
 
+# COMPLETE_ONLY=1 leaves out jobs without 'done' or with truncated/empty results (default:
+# their cells are marked); OUT_DIR=.. writes there instead of results/$(NAME)/.
 tables: $(STAMP)
-	@echo "==> tables $(NAME) from $(INPUT_DIR) -> results/$(NAME)/"
-	@$(PY) -m lpa_domainbed.tables --input_dir $(INPUT_DIR) --name $(NAME)
+	@echo "==> tables $(NAME) from $(INPUT_DIR) -> $(or $(OUT_DIR),results/$(NAME))/"
+	@$(PY) -m lpa_domainbed.tables --input_dir $(INPUT_DIR) --name $(NAME) $(if $(OUT_DIR),--out_dir $(OUT_DIR)) $(if $(COMPLETE_ONLY),--complete_only)
+
+# Python 3.10 (the oldest supported): the tests that need no torch, in their own venv with
+# only what they import. Skipped, saying so, when no python3.10 is found.
+PYTHON310 ?= $(shell for p in python3.10 $(HOME)/.pyenv/versions/3.10*/bin/python3.10; do $$p -c '' >/dev/null 2>&1 && { echo $$p; break; }; done)
+VENV310 ?= .venv-py310
+test-py310:
+	@if [ -z "$(PYTHON310)" ]; then echo "==> test-py310 skipped: no working python3.10 (install one, or pass PYTHON310=/path/to/python3.10)"; exit 0; fi; \
+	set -e; echo "==> Python 3.10 ($(PYTHON310)): tests marked 'not torch' in $(VENV310)"; \
+	test -x $(VENV310)/bin/python || $(PYTHON310) -m venv $(VENV310); \
+	$(VENV310)/bin/python -m pip install -q pytest pytest-timeout tomli numpy pandas tabulate; \
+	$(VENV310)/bin/python -m pip install -q --no-deps .; \
+	$(VENV310)/bin/python -m pytest -q -p no:cacheprovider -m "not torch" tests/test_sweeps.py tests/test_bad_inputs_tools.py
 
 # The paper's analysis figures (1, 3a, 4a, 7) on RotatedDigits, about 10 minutes on 2 CPU cores;
 # the in-process trainer is tested equal to domainbed.scripts.train (tests/test_figures.py);

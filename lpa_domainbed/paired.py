@@ -25,8 +25,8 @@ from scipy import stats
 
 from domainbed import algorithms, datasets
 from domainbed.lib import reporting
-from lpa_domainbed.tables import (SELECTION_METHODS, _environment_names, _in_registry_order,
-                                  _latex_table, _markdown_table)
+from lpa_domainbed.tables import _environment_names, _in_registry_order
+from lpa_domainbed.tables_write import SELECTION_METHODS, _latex_table, _markdown_table
 
 __all__ = ["CSV_COLUMNS", "CONFIDENCE", "PairedResult", "paired_difference",
            "compute_paired", "format_paired_cell", "write_paired"]
@@ -199,8 +199,8 @@ def _markdown(rows, selection, name, baseline):
 
 
 def write_paired(records, selections, out_dir, name, baseline="ERM", plots=True):
-    """Compute, write ``paired_<selection>.{md,csv,tex}`` (+ forest plots) under ``out_dir``,
-    print the Markdown. A baseline absent from the sweep prints why and returns None."""
+    """Compute, write ``paired_<selection>.{md,csv,tex}`` (+ forest plots) under ``out_dir``;
+    the caller prints ``result.markdown``. A baseline absent from the sweep prints why and returns None."""
     from lpa_domainbed.paired_plot import plot_forest
 
     try:
@@ -225,7 +225,6 @@ def write_paired(records, selections, out_dir, name, baseline="ERM", plots=True)
                          f"model selection: {method_name}")
             for d in part.dataset.unique()))
         result.files += [base.with_suffix(s) for s in (".md", ".csv", ".tex")]
-        print(result.markdown[selection])
         for dataset in part.dataset.unique() if plots else ():
             path = out_dir / f"paired_{selection}_{dataset}.png"
             if plot_forest(part[part.dataset == dataset], path,

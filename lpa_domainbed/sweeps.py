@@ -5,6 +5,9 @@ n_hparams_from, n_hparams, single_test_envs, holdout_fraction, steps, hparams,
 command_launcher). ``"@lpa_domainbed"`` in ``algorithms`` stands for every algorithm this
 package registers. Nothing is re-implemented: jobs are listed with DomainBed's own
 ``make_args_list`` and ``Job`` and launched by its sweep script.
+
+Every file is checked before anything is made (:func:`load_sweep`): key names and types, and
+(``check_names``) that its algorithms, datasets and launcher are registered in DomainBed.
 """
 
 from __future__ import annotations
@@ -13,18 +16,43 @@ import dataclasses
 import json
 import shlex
 import sys
-import tomllib
+from importlib import resources
 from pathlib import Path
 
-__all__ = ["SweepSpec", "SWEEPS_DIR", "load_sweep", "sweep_command", "list_jobs",
-           "missing_data"]
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser from PyPI
+    import tomli as tomllib
+
+__all__ = ["SweepSpec", "SweepFileError", "SWEEPS_DIR", "sweeps_dir", "known_sweeps",
+           "load_sweep", "check_names", "sweep_command", "list_jobs", "missing_data",
+           "format_command"]
 
 #: where DomainBed's image datasets read their files, relative to --data_dir
 DATA_SUBDIRS = {"VLCS": "VLCS", "PACS": "PACS", "OfficeHome": "office_home",
                 "TerraIncognita": "terra_incognita", "DomainNet": "domain_net", "SVIRO": "sviro"}
 
-SWEEPS_DIR = Path(__file__).resolve().parents[1] / "sweeps"
 PACKAGE_ALGORITHMS = "@lpa_domainbed"
+_CHECKOUT_SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
+
+
+def sweeps_dir() -> Path:
+    """The sweep files: the repository's ``sweeps/`` in a checkout (their source), else the
+    copy shipped inside the installed package (``lpa_domainbed/sweep_files``)."""
+    if (_CHECKOUT_SWEEPS.parent / "pyproject.toml").is_file() and _CHECKOUT_SWEEPS.is_dir():
+        return _CHECKOUT_SWEEPS
+    return Path(str(resources.files("lpa_domainbed") / "sweep_files"))
+
+
+SWEEPS_DIR = sweeps_dir()
+
+
+def known_sweeps() -> list[str]:
+    return sorted(p.stem for p in SWEEPS_DIR.glob("*.toml"))
+
+
+class SweepFileError(ValueError):
+    """A sweep file that does not follow the schema; the message names the file."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +69,7 @@ class SweepSpec:
     steps: int | None = None
     hparams: dict | None = None
     command_launcher: str = "local"
+    path: str = dataclasses.field(default="", compare=False)
 
     def expanded_algorithms(self) -> list[str]:
         names = []
@@ -54,24 +83,84 @@ class SweepSpec:
         return names
 
 
-def load_sweep(name_or_path: str) -> SweepSpec:
-    """Load ``sweeps/<name>.toml`` (or a path to a TOML file)."""
+# key -> (what it must be, check); bool is excluded from the integers (TOML true is not 3)
+def _is_int(v, low):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _is_names(v):
+    return isinstance(v, list) and bool(v) and all(isinstance(x, str) and x for x in v)
+
+
+_SCHEMA = {
+    "name": ("a string", lambda v: isinstance(v, str) and bool(v)),
+    "description": ("a string", lambda v: isinstance(v, str)),
+    "datasets": ('a non-empty list of strings, e.g. ["PACS"]', _is_names),
+    "algorithms": ('a non-empty list of strings, e.g. ["ERM", "LPA"]', _is_names),
+    "n_trials": ("an integer >= 1 (no quotes)", lambda v: _is_int(v, 1)),
+    "n_hparams_from": ("an integer >= 0 (no quotes)", lambda v: _is_int(v, 0)),
+    "n_hparams": ("an integer >= 1 (no quotes)", lambda v: _is_int(v, 1)),
+    "single_test_envs": ("true or false", lambda v: isinstance(v, bool)),
+    "holdout_fraction": ("a number between 0 and 1", lambda v: isinstance(v, (int, float))
+                         and not isinstance(v, bool) and 0 < v < 1),
+    "steps": ("an integer >= 1 (no quotes)", lambda v: _is_int(v, 1)),
+    "hparams": ("a table of hyperparameters, e.g. {lr = 1e-4}", lambda v: isinstance(v, dict)),
+    "command_launcher": ("a string", lambda v: isinstance(v, str) and bool(v)),
+}
+
+
+def _validate(data: dict, path: Path) -> None:
+    unknown = set(data) - set(_SCHEMA)
+    if unknown:
+        raise SweepFileError(f"{path}: unknown keys {sorted(unknown)}; allowed: "
+                             f"{sorted(_SCHEMA)}")
+    missing = {"name", "datasets", "algorithms"} - set(data)
+    if missing:
+        raise SweepFileError(f"{path}: missing keys {sorted(missing)}")
+    for key, value in data.items():
+        expected, ok = _SCHEMA[key]
+        if not ok(value):
+            raise SweepFileError(f"{path}: '{key}' must be {expected}, not {value!r}")
+
+
+def check_names(spec: SweepSpec) -> None:
+    """Algorithms, datasets and the launcher must be registered in DomainBed (after
+    :func:`lpa_domainbed.register`): a typo would otherwise launch jobs that all fail."""
+    import lpa_domainbed
+    from domainbed import algorithms, command_launchers, datasets
+
+    lpa_domainbed.register()
+    for key, names, known in (
+            ("algorithms", [a for a in spec.algorithms if a != PACKAGE_ALGORITHMS],
+             algorithms.ALGORITHMS),
+            ("datasets", spec.datasets, datasets.DATASETS),
+            ("command_launcher", [spec.command_launcher], command_launchers.REGISTRY)):
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            extra = f' or "{PACKAGE_ALGORITHMS}"' if key == "algorithms" else ""
+            raise SweepFileError(f"{spec.path}: unknown {key} {unknown}; known: "
+                                 f"{sorted(known)}{extra}")
+
+
+def load_sweep(name_or_path: str, check_registry: bool = True) -> SweepSpec:
+    """Load and validate ``sweeps/<name>.toml`` (or a path to a TOML file). With
+    ``check_registry`` the names are checked against DomainBed (:func:`check_names`)."""
     path = Path(name_or_path)
     if not path.suffix:
         path = SWEEPS_DIR / f"{name_or_path}.toml"
     if not path.is_file():
-        known = sorted(p.stem for p in SWEEPS_DIR.glob("*.toml"))
-        raise FileNotFoundError(f"no sweep {name_or_path!r} ({path}); known sweeps: {known}")
-    with path.open("rb") as f:
-        data = tomllib.load(f)
-    fields = {f.name for f in dataclasses.fields(SweepSpec)}
-    unknown = set(data) - fields
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(fields)}")
-    missing = {"name", "datasets", "algorithms"} - set(data)
-    if missing:
-        raise ValueError(f"{path}: missing keys {sorted(missing)}")
-    return SweepSpec(**data)
+        raise FileNotFoundError(f"no sweep {name_or_path!r} ({path}); known sweeps: "
+                                f"{known_sweeps()}")
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as error:
+        raise SweepFileError(f"{path}: not valid TOML: {error}") from None
+    _validate(data, path)
+    spec = SweepSpec(**data, path=str(path))
+    if check_registry:
+        check_names(spec)
+    return spec
 
 
 def sweep_command(spec: SweepSpec, action: str, data_dir: str, output_dir: str,

@@ -12,61 +12,35 @@ Run ``python -m lpa_domainbed.tables --input_dir DIR [DIR ...] --name NAME``.
 
 import argparse
 import dataclasses
-import json
 import math
-import shutil
 import sys
-import warnings
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from tabulate import tabulate
 
-from domainbed import algorithms, datasets, model_selection
+from domainbed import algorithms, datasets
 from domainbed.lib import reporting
 from domainbed.lib.query import Q
 from domainbed.scripts.collect_results import format_mean
 
+from lpa_domainbed.safe_output import OutputError, check_name, staged_directory
+from lpa_domainbed.tables_load import (HOW_TO_GET_RESULTS, INCOMPLETE_KEY, LoadReport,
+                                       load_records)
+from lpa_domainbed.tables_write import (CSV_COLUMNS, INCOMPLETE_MARK, OUTPUT_PATTERNS,
+                                        SELECTION_METHODS, compare_with_published,
+                                        copy_reference, published_reference, write_comparison,
+                                        write_plots, write_selection_files)
+
 __all__ = [
     "SELECTION_METHODS", "LoadReport", "NoRecordsError", "TablesResult", "load_records",
     "compute_tables", "format_table", "compare_with_published", "copy_reference",
-    "make_tables", "main",
+    "make_tables", "published_reference", "main",
 ]
 
-# Keys double as the ``model_selection`` values of the published-results CSV.
-SELECTION_METHODS = {
-    "training_domain_validation": model_selection.IIDAccuracySelectionMethod,
-    "leave_one_out": model_selection.LeaveOneOutSelectionMethod,
-    "oracle": model_selection.OracleSelectionMethod,
-}
-SHARED_REFERENCE_CSV = Path("/work/shared/reference/published_results.csv")
-HOW_TO_GET_RESULTS = "run the sweep first: make sweep NAME=... or make demo"
-CSV_COLUMNS = ["selection", "dataset", "algorithm", "test_env", "mean", "se", "n_trials", "note"]
 
 
 class NoRecordsError(ValueError):
     """The input directories exist but hold no result records."""
-
-
-@dataclasses.dataclass
-class LoadReport:
-    """What :func:`load_records` found: record and job counts, skipped lines, unfinished jobs."""
-
-    input_dirs: list
-    n_records: int = 0
-    n_jobs: int = 0
-    skipped_lines: dict = dataclasses.field(default_factory=dict)  # results.jsonl path -> count
-    incomplete_jobs: list = dataclasses.field(default_factory=list)  # job dirs without `done`
-
-    def summary(self):
-        """One line for humans."""
-        text = f"{self.n_records} records from {self.n_jobs} jobs"
-        if self.skipped_lines:
-            text += f"; skipped {sum(self.skipped_lines.values())} corrupt lines"
-        if self.incomplete_jobs:
-            text += f"; incomplete jobs: {', '.join(self.incomplete_jobs)}"
-        return text
 
 
 @dataclasses.dataclass
@@ -91,59 +65,6 @@ class TablesResult:
             return format_table(self.overview[self.overview.selection == selection], "dataset")
         rows = self.cells[(self.cells.selection == selection) & (self.cells.dataset == dataset)]
         return format_table(rows, "test_env")
-
-
-# ----------------------------------------------------------------------------- loading
-def _parse_record(line):
-    """A DomainBed record (a dict with 'args') from one line, or None if it is corrupt."""
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    return record if isinstance(record, dict) and "args" in record else None
-
-
-def _read_jsonl(path):
-    """Return (records, number of non-empty lines that are not a record)."""
-    with open(path, "r", errors="replace") as handle:
-        parsed = [_parse_record(line) for line in handle if line.strip()]
-    records = [r for r in parsed if r is not None]
-    return records, len(parsed) - len(records)
-
-
-def load_records(input_dirs):
-    """Read every ``<input_dir>/<job>/results.jsonl`` like ``reporting.load_records``.
-
-    Accepts one directory or a list. Corrupt or truncated lines are skipped, counted and
-    warned about; jobs with output but no ``done`` file are listed in the report.
-    Returns ``(Q(records), LoadReport)``.
-    """
-    input_dirs = [Path(d) for d in ([input_dirs] if isinstance(input_dirs, (str, Path))
-                                    else input_dirs)]
-    for input_dir in input_dirs:
-        if not input_dir.is_dir():
-            raise FileNotFoundError(f"sweep output directory {input_dir} does not exist; "
-                                    f"{HOW_TO_GET_RESULTS}, or pass --input_dir DIR")
-    records, report = [], LoadReport(input_dirs=[str(d) for d in input_dirs])
-    for job_dir in sorted(j for d in input_dirs for j in d.iterdir() if j.is_dir()):
-        results_path = job_dir / "results.jsonl"
-        if results_path.is_file():
-            job_records, bad_lines = _read_jsonl(results_path)
-            records.extend(job_records)
-            report.n_jobs += 1
-            if bad_lines:
-                report.skipped_lines[str(results_path)] = bad_lines
-        has_output = results_path.is_file() or (job_dir / "out.txt").is_file()
-        if has_output and not (job_dir / "done").exists():
-            report.incomplete_jobs.append(str(job_dir))
-    report.n_records = len(records)
-    if report.skipped_lines:
-        warnings.warn(f"skipped {sum(report.skipped_lines.values())} corrupt line(s) in "
-                      f"{len(report.skipped_lines)} file(s): {', '.join(report.skipped_lines)}")
-    if report.incomplete_jobs:
-        warnings.warn(f"{len(report.incomplete_jobs)} incomplete job(s) (no 'done' file): "
-                      f"{', '.join(report.incomplete_jobs)}")
-    return Q(records), report
 
 
 # ----------------------------------------------------------------------------- numbers
@@ -171,9 +92,15 @@ def _empty_cell_note(groups, selection):
     return "needs 2-env runs" if selection == "leave_one_out" else "no selectable runs"
 
 
-def _row(selection, dataset, algorithm, test_env, mean=math.nan, se=math.nan, n=0, note=""):
+def _row(selection, dataset, algorithm, test_env, mean=math.nan, se=math.nan, n=0, note="",
+         jobs=frozenset()):
+    """One cell; ``jobs``: the incomplete jobs whose records it uses (shown as a count)."""
     return dict(selection=selection, dataset=dataset, algorithm=algorithm, test_env=test_env,
-                mean=mean, se=se, n_trials=n, note=note)
+                mean=mean, se=se, n_trials=n, note=note, jobs=frozenset(jobs))
+
+
+def _jobs_of(rows):
+    return frozenset().union(*(r["jobs"] for r in rows))
 
 
 def _domain_rows(selection, dataset, algorithm, env_names, groups_by_key, n_expected):
@@ -186,9 +113,12 @@ def _domain_rows(selection, dataset, algorithm, env_names, groups_by_key, n_expe
             rows.append(_row(selection, dataset, algorithm, env_name,
                              note=_empty_cell_note(groups, selection)))
             continue
+        jobs = {r[INCOMPLETE_KEY] for g in groups if g["sweep_acc"] is not None
+                for r in g["records"] if INCOMPLETE_KEY in r}
         mean, se, _ = format_mean(accs, False)
         note = f"incomplete ({len(accs)}/{n_expected} trials)" if len(accs) < n_expected else ""
-        rows.append(_row(selection, dataset, algorithm, env_name, mean, se, len(accs), note))
+        rows.append(_row(selection, dataset, algorithm, env_name, mean, se, len(accs), note,
+                         jobs))
     return rows
 
 
@@ -219,7 +149,7 @@ def _average_row(selection, dataset, algorithm, domain_rows, scored, n_expected)
     n_complete = min(r["n_trials"] for r in domain_rows)
     note = f"incomplete ({n_complete}/{n_expected} trials)" if n_complete < n_expected else ""
     return _row(selection, dataset, algorithm, "Avg", sum(means) / len(means), se,
-                len(trial_averages), note)
+                len(trial_averages), note, _jobs_of(domain_rows))
 
 
 def _overview_rows(selection, datasets_, algorithm, cells, scored):
@@ -232,14 +162,14 @@ def _overview_rows(selection, datasets_, algorithm, cells, scored):
             continue
         mean, se, _ = format_mean(_trial_averages(scored, dataset, algorithm), False)
         rows.append(_row(selection, dataset, algorithm, "Avg", mean, se,
-                         average["n_trials"], average["note"]))
+                         average["n_trials"], average["note"], average["jobs"]))
     means = [r["mean"] for r in rows]
     if any(math.isnan(m) for m in means):
         rows.append(_row(selection, "Avg", algorithm, "Avg",
                          note=_missing_parts_note(rows, "datasets")))
     else:
         rows.append(_row(selection, "Avg", algorithm, "Avg", sum(means) / len(means),
-                         n=min(r["n_trials"] for r in rows)))
+                         n=min(r["n_trials"] for r in rows), jobs=_jobs_of(rows)))
     return rows
 
 
@@ -277,20 +207,23 @@ def compute_tables(records, selections=tuple(SELECTION_METHODS)):
 
 
 def _tidy_frame(rows):
-    frame = pd.DataFrame(rows, columns=CSV_COLUMNS)
+    frame = pd.DataFrame([{**r, "incomplete_jobs": len(r["jobs"])} for r in rows],
+                         columns=CSV_COLUMNS)
     frame["text"] = [_format_cell(*r) for r in zip(frame["mean"], frame["se"], frame["note"],
-                                                   frame["n_trials"])]
+                                                   frame["n_trials"], frame["incomplete_jobs"])]
     return frame
 
 
 # ----------------------------------------------------------------------------- formatting
-def _format_cell(mean, se, note, n_trials=2):
-    """'71.0 ± 0.7', '71.0 ± 0.7, incomplete (1/2 trials)', or just the note. One trial has
-    no standard error: its mean is shown alone (DomainBed would print '± 0.0')."""
+def _format_cell(mean, se, note, n_trials=2, incomplete_jobs=0):
+    """'71.0 ± 0.7', '71.0 ± 0.7, incomplete (1/2 trials)', or just the note; '†' when the
+    number uses records of an incomplete job. One trial has no standard error: its mean is
+    shown alone (DomainBed would print '± 0.0')."""
     if math.isnan(mean):
         return note or "X"
     one = not (n_trials > 1)
     text = f"{mean:.1f}" if math.isnan(se) or one else f"{mean:.1f} ± {se:.1f}"
+    text += f" {INCOMPLETE_MARK}" if incomplete_jobs else ""
     return f"{text}, {note}" if note else text
 
 
@@ -303,133 +236,17 @@ def format_table(rows, column):
     return table
 
 
-def _latex_escape(text):
-    for char in "\\&%$#_{}":
-        text = text.replace(char, "\\" + char)
-    return text
-
-
-def _markdown_table(table):
-    return tabulate(table, headers="keys", tablefmt="pipe", disable_numparse=True)
-
-
-def _latex_table(table, caption):
-    body = tabulate(table, headers="keys", tablefmt="latex_booktabs",
-                    disable_numparse=True).replace("±", r"$\pm$")
-    return ("\\begin{table}[ht]\n\\centering\n\\caption{" + _latex_escape(caption) + "}\n"
-            + body + "\n\\end{table}\n")
-
-
-def _sections(result, selection):
-    """(title, strings table) for each dataset, then the overview."""
-    cells = result.cells[result.cells.selection == selection]
-    sections = [(f"Dataset: {d}", result.table(selection, d)) for d in cells.dataset.unique()]
-    return sections + [("Averages", result.table(selection))]
-
-
-def _write_selection_files(result, selection, name):
-    """Markdown, LaTeX and tidy CSV for one selection method; returns the Markdown text."""
-    method_name = SELECTION_METHODS[selection].name
-    sections = _sections(result, selection)
-    markdown = (f"# {name}: model selection: {method_name}\n\n{result.report.summary()}\n\n"
-                "Cells: accuracy (%) on the held-out domain, mean ± standard error over trials "
-                "(DomainBed's formula); the mean alone where there is one trial.\n")
-    markdown += "".join(f"\n## {title}\n\n{_markdown_table(t)}\n" for title, t in sections)
-    latex = "".join(_latex_table(t, f"{title}, model selection: {method_name}")
-                    for title, t in sections)
-    base = result.out_dir / selection
-    base.with_suffix(".md").write_text(markdown)
-    base.with_suffix(".tex").write_text(latex)
-    csv_rows = pd.concat([result.cells[result.cells.selection == selection],
-                          result.overview[(result.overview.selection == selection)
-                                          & (result.overview.dataset == "Avg")]])
-    csv_rows[CSV_COLUMNS].to_csv(base.with_suffix(".csv"), index=False)
-    result.files += [base.with_suffix(s) for s in (".md", ".tex", ".csv")]
-    return markdown
-
-
-def _plot_dataset(rows, path, title):
-    """Grouped bar chart: one bar per algorithm per held-out domain + Avg, error bars = se."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    columns = list(dict.fromkeys(rows.test_env))
-    algorithm_names = list(dict.fromkeys(rows.algorithm))
-    figure = Figure(figsize=(min(24.0, max(6.0, 0.6 * len(columns) * len(algorithm_names))), 4))
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    width = 0.8 / len(algorithm_names)
-    for i, algorithm in enumerate(algorithm_names):
-        values = rows[rows.algorithm == algorithm].set_index("test_env").reindex(columns)
-        filled = values["mean"].notna().to_numpy()
-        x = np.arange(len(columns))[filled] + (i - (len(algorithm_names) - 1) / 2) * width
-        axes.bar(x, values["mean"][filled], width, yerr=values["se"][filled].fillna(0),
-                 capsize=2, label=algorithm)
-    axes.set_xticks(np.arange(len(columns)), columns)
-    axes.set_ylabel("test accuracy (%)")
-    axes.set_title(title)
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-
-
-# ----------------------------------------------------------------------------- reference
-def copy_reference(source=SHARED_REFERENCE_CSV,
-                   destination=Path("results/reference/published_results.csv")):
-    """Copy the published-results CSV (facts only, unchanged) into the project."""
-    destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, destination)
-    return destination
-
-
-def compare_with_published(overview, reference):
-    """Our dataset averages beside published ones (same algorithm and model selection).
-
-    Rows whose model selection is 'unspecified' are shown beside our training-domain
-    validation numbers, labelled as such. Returns an empty DataFrame when nothing matches.
-    """
-    ours = overview[overview.dataset != "Avg"].set_index(["selection", "dataset", "algorithm"])
-    rows = []
-    for published in reference.to_dict("records"):
-        selection = published["model_selection"]
-        our_selection = "training_domain_validation" if selection == "unspecified" else selection
-        for dataset in overview.dataset.unique():
-            key = (our_selection, dataset, published["algorithm"])
-            if dataset not in published or pd.isna(published[dataset]) or key not in ours.index:
-                continue
-            our_mean = ours.loc[key, "mean"]
-            if not math.isnan(our_mean):
-                rows.append({"dataset": dataset, "algorithm": published["algorithm"],
-                             "our selection": our_selection, "ours": our_mean,
-                             "published": float(published[dataset]),
-                             "published selection": selection, "source": published["source"],
-                             "ours - published": our_mean - float(published[dataset])})
-    return pd.DataFrame(rows)
-
-
-def _write_comparison(result, reference_csv):
-    """Write reference_comparison.md when our datasets/algorithms meet published ones."""
-    comparison = compare_with_published(result.overview, pd.read_csv(reference_csv))
-    if comparison.empty:
-        return None
-    path = result.out_dir / "reference_comparison.md"
-    markdown = ("# Ours vs published (dataset averages, %)\n\nPublished rows with 'unspecified' "
-                "model selection are shown beside our training-domain validation numbers.\n\n"
-                + tabulate(comparison, headers="keys", tablefmt="pipe", floatfmt=".1f",
-                           showindex=False) + "\n")
-    path.write_text(markdown)
-    print(markdown)
-    result.files.append(path)
-    return comparison
-
-
 # ----------------------------------------------------------------------------- entry points
 def make_tables(input_dirs, name, out_root="results", reference_csv=None, plots=True,
-                baseline="ERM"):
-    """Load sweeps, compute all tables, write them under ``<out_root>/<name>/``, print Markdown;
-    then the paired differences of every algorithm vs ``baseline`` (:mod:`.paired`)."""
-    records, report = load_records(input_dirs)
+                out_dir=None, complete_only=False, baseline="ERM"):
+    """Load sweeps, compute all tables, write them under ``<out_root>/<name>/`` (or
+    ``out_dir``), print Markdown; then the paired differences of every algorithm vs
+    ``baseline`` (:mod:`lpa_domainbed.paired`). ``name`` must be a plain name. The directory
+    is replaced as a whole at the end (see :mod:`lpa_domainbed.safe_output`); incomplete jobs
+    are marked, or left out with ``complete_only``."""
+    check_name(name)
+    target = Path(out_dir) if out_dir is not None else Path(out_root) / name
+    records, report = load_records(input_dirs, complete_only=complete_only)
     if not len(records):
         raise NoRecordsError(f"no results.jsonl records in {', '.join(report.input_dirs)}; "
                              f"{HOW_TO_GET_RESULTS}")
@@ -439,52 +256,50 @@ def make_tables(input_dirs, name, out_root="results", reference_csv=None, plots=
         print("leave-one-domain-out selection skipped: it needs runs with two test domains, "
               "which DomainBed's sweep makes without --single_test_envs.")
     cells, overview = compute_tables(records, tuple(selections))
-    out_dir = Path(out_root) / name
-    out_dir.mkdir(parents=True, exist_ok=True)
-    result = TablesResult(out_dir, report, cells, overview, markdown={}, files=[])
-    for selection in selections:
-        result.markdown[selection] = _write_selection_files(result, selection, name)
-        print(result.markdown[selection])
-    if plots:
-        _write_plots(result)
     if reference_csv is None:
         reference_csv = Path(out_root) / "reference" / "published_results.csv"
-        reference_csv = reference_csv if reference_csv.is_file() else None
-    if reference_csv is not None:
-        result.comparison = _write_comparison(result, reference_csv)
-    from lpa_domainbed.paired import write_paired  # paired imports this module's helpers
+        reference_csv = reference_csv if reference_csv.is_file() else published_reference()
+    with staged_directory(target, OUTPUT_PATTERNS) as stage:
+        result = TablesResult(stage, report, cells, overview, markdown={}, files=[])
+        for selection in selections:
+            result.markdown[selection] = write_selection_files(result, selection, name)
+        if plots:
+            write_plots(result)
+        result.comparison = write_comparison(result, reference_csv)
+        from lpa_domainbed.paired import write_paired  # paired imports this module's helpers
 
-    result.paired = write_paired(records, selections, out_dir, name, baseline, plots)
-    result.files += result.paired.files if result.paired else []
+        result.paired = write_paired(records, selections, stage, name, baseline, plots)
+        result.files += result.paired.files if result.paired else []
+    result.out_dir, result.files = target, [target / f.name for f in result.files]
+    for selection in selections:
+        print(result.markdown[selection])
+    for selection in selections if result.paired else ():
+        print(result.paired.markdown[selection])
     return result
-
-
-def _write_plots(result):
-    """One bar chart per dataset for training-domain validation (skips empty datasets)."""
-    validation = result.cells[result.cells.selection == "training_domain_validation"]
-    for dataset in validation.dataset.unique():
-        rows = validation[validation.dataset == dataset]
-        if rows["mean"].notna().any():
-            path = result.out_dir / f"{dataset}_training_domain_validation.png"
-            _plot_dataset(rows, path, f"{dataset}, training-domain validation")
-            result.files.append(path)
 
 
 def main(argv=None):
     """Command line: ``python -m lpa_domainbed.tables --input_dir DIR [DIR ...] --name NAME``."""
     parser = argparse.ArgumentParser(description="Result tables for DomainBed sweeps")
     parser.add_argument("--input_dir", nargs="+", required=True, help="sweep output dir(s)")
-    parser.add_argument("--name", required=True, help="writes results/<name>/")
+    parser.add_argument("--name", required=True,
+                        help="a plain name: writes <out_root>/<name>/ (results/<name>/)")
     parser.add_argument("--out_root", default="results")
-    parser.add_argument("--reference_csv", default=None)
+    parser.add_argument("--out_dir", default=None,
+                        help="write here instead of <out_root>/<name>/")
+    parser.add_argument("--reference_csv", default=None,
+                        help="published numbers to compare with (default: the packaged copy)")
     parser.add_argument("--no-plots", dest="plots", action="store_false")
     parser.add_argument("--baseline", default="ERM",
                         help="algorithm the paired differences are taken against")
+    parser.add_argument("--complete_only", action="store_true",
+                        help="leave out jobs without 'done' or with truncated/empty results")
     args = parser.parse_args(argv)
     try:
         result = make_tables(args.input_dir, args.name, args.out_root, args.reference_csv,
-                             args.plots, args.baseline)
-    except (FileNotFoundError, NoRecordsError) as error:
+                             args.plots, out_dir=args.out_dir, complete_only=args.complete_only,
+                             baseline=args.baseline)
+    except (FileNotFoundError, NoRecordsError, OutputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"{result.report.summary()}\nwrote {len(result.files)} files to {result.out_dir}",

@@ -1,15 +1,23 @@
 """Declarative sweeps and the sweep command line."""
 
+from pathlib import Path
+
 import pytest
 
-from conftest import requires_domainbed
+from conftest import REPO, requires_domainbed
 from lpa_domainbed import sweeps
 
 
 def test_every_sweep_file_loads_and_names_known_arguments():
-    names = sorted(p.stem for p in sweeps.SWEEPS_DIR.glob("*.toml"))
+    names = sweeps.known_sweeps()
     assert {"demo", "table2", "study"} <= set(names)
-    table2 = sweeps.load_sweep("table2")
+    package = Path(sweeps.__file__).parent
+    # in a checkout the source files; installed (make test-py310), the packaged copies
+    expected = REPO / "sweeps" if package == REPO / "lpa_domainbed" else package / "sweep_files"
+    assert sweeps.SWEEPS_DIR == expected
+    for name in names:
+        assert sweeps.load_sweep(name, check_registry=False).name == name
+    table2 = sweeps.load_sweep("table2", check_registry=False)
     assert table2.datasets == ["PACS", "VLCS", "OfficeHome", "TerraIncognita"]
     assert table2.n_trials == 3 and table2.single_test_envs
     assert {"ERM", "DANN", "CORAL", "Mixup", "RSC", "LPA", "LPL"} <= set(table2.algorithms)
@@ -21,18 +29,41 @@ def test_unknown_sweep_and_unknown_keys_are_clear_errors(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "x"\ndatasets = ["PACS"]\nalgorithms = ["ERM"]\nn_trails = 3\n')
     with pytest.raises(ValueError, match="unknown keys \\['n_trails'\\]"):
-        sweeps.load_sweep(str(bad))
+        sweeps.load_sweep(str(bad), check_registry=False)
 
 
 def test_the_command_is_domainbeds_sweep_with_the_files_arguments():
-    cmd = sweeps.sweep_command(sweeps.load_sweep("table2"), "launch", "D", "O", "local",
-                               python="python")
+    cmd = sweeps.sweep_command(sweeps.load_sweep("table2", check_registry=False), "launch",
+                               "D", "O", "local", python="python")
     assert cmd[:4] == ["python", "-m", "domainbed.scripts.sweep", "launch"]
     assert cmd[cmd.index("--n_hparams") + 1] == "20" and "--single_test_envs" in cmd
     assert cmd[cmd.index("--command_launcher") + 1] == "local"
 
 
 @requires_domainbed
+@pytest.mark.torch
+def test_every_sweep_file_names_registered_algorithms_datasets_and_launchers():
+    for name in sweeps.known_sweeps():
+        sweeps.load_sweep(name)  # raises SweepFileError on an unknown name
+
+
+def test_packaged_reference_is_the_committed_one():
+    packaged = REPO / "lpa_domainbed" / "data" / "published_results.csv"
+    assert packaged.read_bytes() == (REPO / "results" / "reference" /
+                                     "published_results.csv").read_bytes()
+
+
+def test_output_names_must_be_plain():
+    from lpa_domainbed.safe_output import OutputError, check_name
+
+    assert check_name("demo") == "demo" and check_name("study_v2.1") == "study_v2.1"
+    for bad in ("../../escape", "/abs/path", "a/b", "..", "", ".hidden"):
+        with pytest.raises(OutputError, match="--out_dir"):
+            check_name(bad)
+
+
+@requires_domainbed
+@pytest.mark.torch
 def test_dry_run_lists_jobs_and_missing_data_is_an_error(tmp_path, capsys):
     from lpa_domainbed import cli
 
@@ -48,6 +79,7 @@ def test_dry_run_lists_jobs_and_missing_data_is_an_error(tmp_path, capsys):
 
 
 @requires_domainbed
+@pytest.mark.torch
 def test_package_algorithms_expand_in_registry_order():
     from lpa_domainbed.algorithms import load
 

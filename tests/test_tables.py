@@ -190,7 +190,7 @@ def test_corrupt_lines_skipped_and_incomplete_jobs_reported(tmp_path):
         records, report = tables.load_records(sweep)
     assert len(records) == 7 * 4  # 6 good jobs + the unfinished one, 4 records each
     assert report.skipped_lines == {str(truncated): 1, str(garbage): 1}
-    assert report.incomplete_jobs == [str(crashed), str(unfinished)]
+    assert report.incomplete_jobs == [str(truncated.parent), str(crashed), str(unfinished)]
     messages = " ".join(str(w.message) for w in caught)
     assert "skipped 2 corrupt line(s) in 2 file(s)" in messages and str(truncated) in messages
     assert "unfinished_job" in messages and "crashed_job" in messages
