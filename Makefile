@@ -69,12 +69,12 @@ test: setup
 demo: $(STAMP)
 	@$(MAKE) --no-print-directory domainbed
 	@echo "==> demo: leave-one-domain-out sweep on RotatedDigits through DomainBed's sweep, then tables"
-	@$(PY) -m lpa_domainbed.cli demo
+	@$(PY) -m lpa_domainbed.tools.cli demo
 
 sweep: $(STAMP)
 	@$(MAKE) --no-print-directory domainbed
 	@echo "==> sweep $(NAME): sweeps/$(NAME).toml -> python -m domainbed.scripts.sweep launch"
-	@$(PY) -m lpa_domainbed.cli sweep $(NAME) --data_dir $(DATA_DIR) --output_dir $(OUTPUT_DIR) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(DRY_RUN),--dry_run) $(if $(RESTART_INCOMPLETE),--restart_incomplete)
+	@$(PY) -m lpa_domainbed.tools.cli sweep $(NAME) --data_dir $(DATA_DIR) --output_dir $(OUTPUT_DIR) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(DRY_RUN),--dry_run) $(if $(RESTART_INCOMPLETE),--restart_incomplete)
 
 sweep-dry-run:
 	@$(MAKE) --no-print-directory sweep DRY_RUN=1
@@ -83,7 +83,7 @@ sweep-dry-run:
 # their cells are marked); OUT_DIR=.. writes there instead of results/$(NAME)/.
 tables: $(STAMP)
 	@echo "==> tables $(NAME) from $(INPUT_DIR) -> $(or $(OUT_DIR),results/$(NAME))/"
-	@$(PY) -m lpa_domainbed.tables --input_dir $(INPUT_DIR) --name $(NAME) $(if $(OUT_DIR),--out_dir $(OUT_DIR)) $(if $(COMPLETE_ONLY),--complete_only)
+	@$(PY) -m lpa_domainbed.tools.tables --input_dir $(INPUT_DIR) --name $(NAME) $(if $(OUT_DIR),--out_dir $(OUT_DIR)) $(if $(COMPLETE_ONLY),--complete_only)
 
 # Python 3.10 (the oldest supported): the tests that need no torch, in their own venv with
 # only what they import. Skipped, saying so, when no python3.10 is found.
@@ -103,16 +103,16 @@ test-py310:
 figures: $(STAMP)
 	@$(MAKE) --no-print-directory domainbed
 	@echo "==> figures: DomainBed runs in-process, then PNG + CSV under results/figures/"
-	@$(PY) -m lpa_domainbed.figures $(FIGURES_ARGS)
+	@$(PY) -m lpa_domainbed.tools.figures $(FIGURES_ARGS)
 
 # Each algorithm's training update vs ERM on DomainBed's default network (timm ResNet-50,
 # 224 px, random weights built offline) and MNIST_CNN: time, the analytic floor of exact PGD,
-# peak memory -> results/benchmarks/latest.{json,md}; targets in lpa_domainbed/bench/config.py.
+# peak memory -> results/benchmarks/latest.{json,md}; targets in lpa_domainbed/tools/bench/config.py.
 # Long on a CPU; BENCH_ARGS="--quick" for a smoke run, "--device cuda" on a GPU.
 bench: $(STAMP)
 	@$(MAKE) --no-print-directory domainbed
 	@echo "==> bench: one process, interleaved rounds, medians -> results/benchmarks/"
-	@$(PY) -m lpa_domainbed.bench $(BENCH_ARGS)
+	@$(PY) -m lpa_domainbed.tools.bench $(BENCH_ARGS)
 
 clean-venv:
 	@echo "==> removing $(VENV)"

@@ -100,7 +100,7 @@ def _patch_hparams(module):
 
 
 def _register_launchers(module):
-    from lpa_domainbed.launchers import LAUNCHERS
+    from lpa_domainbed.tools.launchers import LAUNCHERS
 
     for name, fn in LAUNCHERS.items():
         existing = module.REGISTRY.get(name)

@@ -22,7 +22,7 @@ def torch_home(tmp_path_factory):
     """A TORCH_HOME holding *randomly initialized* ResNet-18 weights where torchvision's
     pretrained loader looks for them, so DomainBed's ResNet builds offline (also in train-script
     subprocesses given ``TORCH_HOME``)."""
-    from lpa_domainbed.bench.weights import write_random_weights
+    from lpa_domainbed.tools.bench.weights import write_random_weights
 
     return write_random_weights(tmp_path_factory.mktemp("torch_home"), ("resnet18",))
 

@@ -89,7 +89,7 @@ TABLE_ROWS = [
 @pytest.mark.parametrize("make_bad, argv, status, fragment",
                          [pytest.param(*row[1:], id=row[0], marks=torch) for row in TABLE_ROWS])
 def test_tables_never_lie_by_omission(tmp_path, make_bad, argv, status, fragment, capsys):
-    from lpa_domainbed import tables
+    from lpa_domainbed.tools import tables
 
     root = sweep_with(tmp_path, make_bad)
     with pytest.warns(UserWarning):
@@ -148,7 +148,7 @@ OUTPUT_ROWS = [  # (id, argv after --input_dir, exit status, stderr fragment)
 @pytest.mark.parametrize("argv, status, fragment",
                          [pytest.param(*row[1:], id=row[0], marks=torch) for row in OUTPUT_ROWS])
 def test_tables_output_errors(tmp_path, argv, status, fragment, capsys):
-    from lpa_domainbed import tables
+    from lpa_domainbed.tools import tables
 
     sweep = good_sweep(tmp_path)
     argv = argv(tmp_path)
@@ -162,7 +162,7 @@ def test_tables_output_errors(tmp_path, argv, status, fragment, capsys):
 @pytest.mark.torch
 @pytest.mark.skipif(not HAVE_DOMAINBED, reason=NO_DOMAINBED)
 def test_rerun_replaces_own_files_keeps_foreign_ones_and_out_dir(tmp_path):
-    from lpa_domainbed import tables
+    from lpa_domainbed.tools import tables
 
     sweep = good_sweep(tmp_path)
     out = tmp_path / "elsewhere" / "tables"
@@ -201,7 +201,7 @@ def sweep_file(tmp_path, line):
 
 @pytest.mark.parametrize("line, fragment", [pytest.param(*r[1:], id=r[0]) for r in SWEEP_ROWS])
 def test_sweep_file_schema(tmp_path, line, fragment):
-    from lpa_domainbed import sweeps
+    from lpa_domainbed.tools import sweeps
 
     path = sweep_file(tmp_path, line)
     with pytest.raises(sweeps.SweepFileError) as error:
@@ -222,7 +222,7 @@ NAME_ROWS = [  # (id, TOML line, argv after the file, exit status, stderr fragme
 @pytest.mark.parametrize("line, argv, status, fragment",
                          [pytest.param(*r[1:], id=r[0], marks=torch) for r in NAME_ROWS])
 def test_sweep_command_rejects_bad_files(tmp_path, line, argv, status, fragment, capsys):
-    from lpa_domainbed import cli
+    from lpa_domainbed.tools import cli
 
     path = sweep_file(tmp_path, line)
     code = cli.main(["sweep", str(path), "--data_dir", str(tmp_path / "d"), "--output_dir",
@@ -250,7 +250,7 @@ def test_sweep_exit_status_and_resume(tmp_path, monkeypatch, capsys, raises, inc
                                       makelevel, status, fragment):
     """DomainBed's launch is replaced by a stand-in that runs no job (as if every job failed,
     since DomainBed's sweep exits 0 anyway) or is interrupted; the state is DomainBed's own."""
-    from lpa_domainbed import cli, sweeps
+    from lpa_domainbed.tools import cli, sweeps
 
     monkeypatch.chdir(tmp_path)
     if makelevel:
@@ -290,7 +290,7 @@ def test_signals_reach_the_childs_group_once_and_it_stops_gracefully(tmp_path):
         time.sleep(0.3)  # a graceful stop takes a moment; the parent must wait for it
         pathlib.Path({str(tmp_path / 'stopped')!r}).write_text(str(len(got)))
     """))
-    parent = (f"import sys\nfrom lpa_domainbed.cli import run_forwarding_signals\n"
+    parent = (f"import sys\nfrom lpa_domainbed.tools.cli import run_forwarding_signals\n"
               f"try:\n    run_forwarding_signals([sys.executable, {str(child)!r}])\n"
               f"except KeyboardInterrupt:\n    sys.exit(130)\n")
     proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.DEVNULL)

@@ -21,7 +21,7 @@ def positive_finite(value) -> bool:
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from lpa_domainbed import bench
+    from lpa_domainbed.tools import bench
 
     out = tmp_path_factory.mktemp("bench")
     net = dataclasses.replace(bench.MNIST_CNN, per_domain=2)
@@ -37,7 +37,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_every_variant_has_a_complete_record(tiny_run):
-    from lpa_domainbed import bench
+    from lpa_domainbed.tools import bench
 
     records, out = tiny_run
     saved = json.loads((out / "latest.json").read_text())
@@ -90,7 +90,7 @@ def test_targets_and_reports(tiny_run):
 
 
 def test_demo_record_without_or_with_a_broken_timing_json_says_why(tmp_path):
-    from lpa_domainbed import bench
+    from lpa_domainbed.tools import bench
 
     rec = bench.demo_record(tmp_path / "missing" / "timing.json")
     assert rec["kind"] == "demo" and rec["sweep_wall_time_s"] is None
@@ -103,7 +103,7 @@ def test_demo_record_without_or_with_a_broken_timing_json_says_why(tmp_path):
 
 
 def test_memory_target_applies_to_resnet50_only():
-    from lpa_domainbed import bench
+    from lpa_domainbed.tools import bench
 
     def row(network, algorithm, mode, mem):
         return {"kind": "benchmark", "network": network, "algorithm": algorithm, "mode": mode,
@@ -117,7 +117,7 @@ def test_memory_target_applies_to_resnet50_only():
 
 
 def test_search_steps_is_the_algorithms_own():
-    from lpa_domainbed import bench
+    from lpa_domainbed.tools import bench
 
     net = dataclasses.replace(bench.MNIST_CNN, per_domain=2)
     steps = {v.key: bench.search_steps(bench.build(v, net, "cpu")) for v in bench.variants()
@@ -129,7 +129,7 @@ def test_search_steps_is_the_algorithms_own():
 
 
 def test_peak_memory_sees_the_update_allocations():
-    from lpa_domainbed import bench
+    from lpa_domainbed.tools import bench
 
     net = dataclasses.replace(bench.MNIST_CNN, per_domain=2)
     alg = bench.build(bench.Variant("ERM", "-"), net, "cpu")

@@ -50,7 +50,7 @@ def test_every_algorithm_trains_through_the_train_script(dataset, tmp_path, torc
     import sys
 
     from lpa_domainbed.algorithms import load
-    from lpa_domainbed.launchers.local_parallel import local_parallel_launcher
+    from lpa_domainbed.tools.launchers.local_parallel import local_parallel_launcher
 
     # Debug224 builds DomainBed's ResNet: ResNet-18 with the random weights of torch_home
     monkeypatch.setenv("TORCH_HOME", str(torch_home))
@@ -141,7 +141,7 @@ def test_tiny_sweep_through_domainbeds_sweep_script_then_collect_results(tmp_pat
     assert "Dataset: RotatedDigits" in collect.stdout
     assert "LPA" in collect.stdout and "ERM" in collect.stdout
 
-    from lpa_domainbed import tables
+    from lpa_domainbed.tools import tables
 
     result = tables.make_tables([str(out_dir)], "tiny", out_root=tmp_path / "results")
     cells = result.cells[result.cells.selection == "training_domain_validation"]

@@ -1,4 +1,4 @@
-"""Tests for lpa_domainbed.figures: plots and CSVs from fabricated tables, the run cache, the
+"""Tests for lpa_domainbed.tools.figures: plots and CSVs from fabricated tables, the run cache, the
 layer list, the LPA+Dropout combination, the in-process trainer against DomainBed's train
 script, and one tiny end-to-end figure on RotatedDigits."""
 
@@ -13,7 +13,7 @@ pytest.importorskip("domainbed", reason="DomainBed checkout not importable; run 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from lpa_domainbed import figures  # noqa: E402
+from lpa_domainbed.tools import figures  # noqa: E402
 
 TRIALS, TEST_ENVS = (0, 1), (0, 3)
 

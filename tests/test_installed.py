@@ -48,13 +48,13 @@ def installed(tmp_path_factory):
 def test_wheel_runs_from_an_empty_directory(installed, tmp_path):
     venv, site = installed
     python = str(venv / "bin" / "python")
-    where = run([python, "-c", "import lpa_domainbed, lpa_domainbed.sweeps as s, "
-                 "lpa_domainbed.tables as t; print(lpa_domainbed.__file__); print(s.SWEEPS_DIR);"
+    where = run([python, "-c", "import lpa_domainbed, lpa_domainbed.tools.sweeps as s, "
+                 "lpa_domainbed.tools.tables as t; print(lpa_domainbed.__file__); print(s.SWEEPS_DIR);"
                  " print(t.published_reference())"], tmp_path, venv)
     assert where.returncode == 0, where.stderr
     package, sweeps_dir, reference = where.stdout.split()
     assert Path(package).is_relative_to(site)  # the wheel, not the checkout
-    assert Path(sweeps_dir) == site / "lpa_domainbed" / "sweep_files"
+    assert Path(sweeps_dir) == site / "lpa_domainbed" / "tools" / "sweep_files"
     assert Path(reference).is_file() and Path(reference).is_relative_to(site)
 
     cwd = tmp_path / "empty"
@@ -66,7 +66,7 @@ def test_wheel_runs_from_an_empty_directory(installed, tmp_path):
     assert list(cwd.iterdir()) == []  # a dry run creates nothing
 
     write_algorithm(cwd / "sweep", "ColoredMNIST", "ERM", 0.60, 0.02)
-    made = run([python, "-m", "lpa_domainbed.tables", "--input_dir", "sweep", "--name", "tiny",
+    made = run([python, "-m", "lpa_domainbed.tools.tables", "--input_dir", "sweep", "--name", "tiny",
                 "--no-plots"], cwd, venv)
     assert made.returncode == 0, made.stderr
     assert (cwd / "results" / "tiny" / "training_domain_validation.md").is_file()

@@ -14,16 +14,16 @@ import pytest
 
 from launcher_helpers import (BARE_PATH, assert_all_gone, interrupt_once_pids_exist,
                               python_and_env_probe, sleeper_command, writer_command)
-from lpa_domainbed.launchers import LAUNCHERS, local_parallel, validate_settings
-from lpa_domainbed.launchers import submitit_launcher as submitit_module
-from lpa_domainbed.launchers.local_parallel import local_parallel_launcher
-from lpa_domainbed.launchers.settings import settings_or_cleanup, slurm_settings
+from lpa_domainbed.tools.launchers import LAUNCHERS, local_parallel, validate_settings
+from lpa_domainbed.tools.launchers import submitit_launcher as submitit_module
+from lpa_domainbed.tools.launchers.local_parallel import local_parallel_launcher
+from lpa_domainbed.tools.launchers.settings import settings_or_cleanup, slurm_settings
 
 
 def test_both_launchers_are_registered_and_the_package_does_not_import_submitit():
     assert LAUNCHERS["local_parallel"] is local_parallel_launcher
     assert LAUNCHERS["submitit"] is submitit_module.submitit_launcher
-    check = "import sys, lpa_domainbed.launchers; assert 'submitit' not in sys.modules"
+    check = "import sys, lpa_domainbed.tools.launchers; assert 'submitit' not in sys.modules"
     subprocess.run([sys.executable, "-c", check], check=True)
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from launcher_helpers import (BARE_PATH, assert_all_gone, fake_slurm, interrupt_once_pids_exist,
                               python_and_env_probe, sleeper_command, writer_command)
-from lpa_domainbed.launchers import submitit_launcher as submitit_module
+from lpa_domainbed.tools.launchers import submitit_launcher as submitit_module
 
 NO_SUBMITIT = "submitit is not installed: pip install 'lpa-domainbed[slurm]'"
 

@@ -1,4 +1,4 @@
-"""Tests for lpa_domainbed.paired: differences vs a baseline, paired by DomainBed trial seed."""
+"""Tests for lpa_domainbed.tools.paired: differences vs a baseline, paired by DomainBed trial seed."""
 
 import math
 
@@ -11,7 +11,7 @@ pytest.importorskip("domainbed", reason="DomainBed checkout not importable; run 
 from scipy import stats  # noqa: E402
 from test_tables import write_job  # noqa: E402  (DomainBed records with a known selection)
 
-from lpa_domainbed import paired, tables  # noqa: E402
+from lpa_domainbed.tools import paired, tables  # noqa: E402
 
 DATASET = "TwoDomains"  # not a DomainBed dataset: its 2 domains are named '0' and '1'
 TDV = "training_domain_validation"
@@ -171,7 +171,7 @@ def test_baseline_alone_writes_no_paired_files(tmp_path, capsys):
 def test_forest_plot_skips_datasets_without_pairs(tmp_path):
     rows = pd.DataFrame([dict(test_env="Avg", algorithm="A", n_pairs=0, mean_diff=np.nan,
                               ci_low=np.nan, ci_high=np.nan, excludes_zero=False)])
-    from lpa_domainbed.paired_plot import plot_forest
+    from lpa_domainbed.tools.paired_plot import plot_forest
 
     assert plot_forest(rows, tmp_path / "x.png", "x") is False
     assert not (tmp_path / "x.png").exists()

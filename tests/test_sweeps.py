@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, requires_domainbed
-from lpa_domainbed import sweeps
+from lpa_domainbed.tools import sweeps
 
 
 def test_every_sweep_file_loads_and_names_known_arguments():
@@ -13,7 +13,7 @@ def test_every_sweep_file_loads_and_names_known_arguments():
     assert {"demo", "table2", "study"} <= set(names)
     package = Path(sweeps.__file__).parent
     # in a checkout the source files; installed (make test-py310), the packaged copies
-    expected = REPO / "sweeps" if package == REPO / "lpa_domainbed" else package / "sweep_files"
+    expected = REPO / "sweeps" if package == REPO / "lpa_domainbed" / "tools" else package / "sweep_files"
     assert sweeps.SWEEPS_DIR == expected
     for name in names:
         assert sweeps.load_sweep(name, check_registry=False).name == name
@@ -48,13 +48,13 @@ def test_every_sweep_file_names_registered_algorithms_datasets_and_launchers():
 
 
 def test_packaged_reference_is_the_committed_one():
-    packaged = REPO / "lpa_domainbed" / "data" / "published_results.csv"
+    packaged = REPO / "lpa_domainbed" / "tools" / "data" / "published_results.csv"
     assert packaged.read_bytes() == (REPO / "results" / "reference" /
                                      "published_results.csv").read_bytes()
 
 
 def test_output_names_must_be_plain():
-    from lpa_domainbed.safe_output import OutputError, check_name
+    from lpa_domainbed.tools.safe_output import OutputError, check_name
 
     assert check_name("demo") == "demo" and check_name("study_v2.1") == "study_v2.1"
     for bad in ("../../escape", "/abs/path", "a/b", "..", "", ".hidden"):
@@ -65,7 +65,7 @@ def test_output_names_must_be_plain():
 @requires_domainbed
 @pytest.mark.torch
 def test_dry_run_lists_jobs_and_missing_data_is_an_error(tmp_path, capsys):
-    from lpa_domainbed import cli
+    from lpa_domainbed.tools import cli
 
     out_dir = tmp_path / "out"
     assert cli.main(["sweep", "table2", "--data_dir", str(tmp_path), "--output_dir",

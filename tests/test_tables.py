@@ -1,4 +1,4 @@
-"""Tests for lpa_domainbed.tables (result tables of DomainBed sweeps)."""
+"""Tests for lpa_domainbed.tools.tables (result tables of DomainBed sweeps)."""
 
 import json
 import math
@@ -14,7 +14,7 @@ pytest.importorskip("domainbed", reason="DomainBed checkout not importable; run 
 
 import domainbed  # noqa: E402
 
-from lpa_domainbed import tables  # noqa: E402
+from lpa_domainbed.tools import tables  # noqa: E402
 
 CMNIST_ENVS = ["+90%", "+80%", "-90%"]  # ColoredMNIST.ENVIRONMENTS
 

@@ -1,0 +1,232 @@
+"""Command line: ``lpa-domainbed {demo,sweep,tables} ...`` (= ``python -m lpa_domainbed.tools.cli``,
+behind ``make demo`` / ``make sweep`` / ``make tables``). Outputs default to the current
+directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lpa_domainbed.tools import runinfo, sweeps
+from lpa_domainbed.tools.safe_output import atomic_write_text
+
+__all__ = ["main", "run_forwarding_signals", "resume_command"]
+
+INTERRUPTED = 130  # the shell's status for a process stopped by SIGINT
+
+
+def run_forwarding_signals(cmd: list[str]) -> None:
+    """Run ``cmd`` in its own process group with this interpreter first on PATH.
+
+    SIGINT/SIGTERM sent to us are forwarded once to the child's whole group (DomainBed's sweep,
+    its launcher and the training jobs), and we wait for it, so the launcher can stop its jobs
+    gracefully; then KeyboardInterrupt is raised. A terminal's Ctrl-C reaches only us (the
+    child has its own group), so nobody gets it twice. Raises CalledProcessError on failure.
+    """
+    print(f"==> {sweeps.format_command(cmd)}", flush=True)
+    child = subprocess.Popen(cmd, env=runinfo.env_with_python(), start_new_session=True)
+    received = []
+
+    def forward(signum, _frame):
+        received.append(signum)
+        try:
+            os.killpg(child.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        returncode = child.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if received:
+        raise KeyboardInterrupt
+    if returncode:
+        raise subprocess.CalledProcessError(returncode, cmd)
+
+
+def _shown(path) -> str:
+    """A path as the user would type it here (relative to the current directory when inside)."""
+    path = Path(path).resolve()
+    return os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
+
+
+def resume_command(args) -> str:
+    """The one command that deletes the sweep's incomplete jobs and relaunches them: the make
+    form when run by make (make exports MAKELEVEL), else the lpa-domainbed form."""
+    if os.environ.get("MAKELEVEL"):
+        line = (f"make sweep NAME={args.name} DATA_DIR={_shown(args.data_dir)} "
+                f"OUTPUT_DIR={_shown(args.output_dir)}")
+        return line + (f" LAUNCHER={args.launcher}" if args.launcher else "") + \
+            " RESTART_INCOMPLETE=1"
+    line = (f"lpa-domainbed sweep {args.name} --data_dir {_shown(args.data_dir)} "
+            f"--output_dir {_shown(args.output_dir)}")
+    return line + (f" --launcher {args.launcher}" if args.launcher else "") + \
+        " --restart_incomplete"
+
+
+def print_jobs(spec, data_dir, output_dir, quiet=False) -> list:
+    jobs = sweeps.list_jobs(spec, data_dir, output_dir)
+    states = {}
+    for job in jobs:
+        states[job.state] = states.get(job.state, 0) + 1
+    if not quiet:
+        for job in jobs:
+            print(f"  {job}")
+    summary = ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))
+    print(f"sweep {spec.name!r}: {len(jobs)} jobs ({summary})", flush=True)
+    return jobs
+
+
+def _check_launcher(spec, launcher):
+    if launcher is not None and launcher != spec.command_launcher:
+        sweeps.check_names(sweeps.SweepSpec(**{**spec.__dict__, "command_launcher": launcher}))
+
+
+def cmd_sweep(args) -> int:
+    import domainbed  # noqa: F401  (a clear error early if DomainBed is missing)
+
+    spec = sweeps.load_sweep(args.name)
+    _check_launcher(spec, args.launcher)
+    jobs = print_jobs(spec, args.data_dir, args.output_dir)
+    missing = sweeps.missing_data(spec, args.data_dir)
+    if missing:
+        message = ("data not found:\n  " + "\n  ".join(missing) + "\nDownload it with "
+                   f"'python -m domainbed.scripts.download --data_dir {args.data_dir}' "
+                   "(see docs/launchers.md) or pass the right DATA_DIR.")
+        if not args.dry_run:
+            raise FileNotFoundError(message)
+        print("warning: " + message)
+    if args.dry_run:
+        print("dry run: nothing launched. The command would be:")
+        print("  " + sweeps.format_command(sweeps.sweep_command(
+            spec, "launch", args.data_dir, args.output_dir, args.launcher, python="python")))
+        return 0
+    # DomainBed never relaunches a job whose directory exists without 'done'. Such a job may
+    # have died, or may still be running on a cluster: delete and relaunch only when asked.
+    incomplete = [j for j in jobs if j.state == "Incomplete"]
+    if incomplete and args.restart_incomplete:
+        run_forwarding_signals(sweeps.sweep_command(spec, "delete_incomplete", args.data_dir,
+                                                    args.output_dir, args.launcher))
+    elif incomplete:
+        print(f"note: {len(incomplete)} incomplete jobs are left alone (they may still be "
+              f"running). When none is running, resume them with:\n  {resume_command(args)}")
+    run_forwarding_signals(sweeps.sweep_command(spec, "launch", args.data_dir, args.output_dir,
+                                                args.launcher))
+    # DomainBed's sweep exits 0 even when jobs failed: count what is not done now.
+    after = print_jobs(spec, args.data_dir, args.output_dir, quiet=True)
+    not_done = [j for j in after if j.state != "Done"]
+    if not_done:
+        print(f"error: {len(not_done)} of {len(after)} jobs did not finish (see each job's "
+              f"err.txt under {_shown(args.output_dir)}). Resume them with:\n"
+              f"  {resume_command(args)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _write_run_record(spec, data_dir, output_dir, results_dir, jobs, todo, sweep_s, total_s):
+    """RUN.md for people, timing.json for the benchmark."""
+    import domainbed
+
+    machine = runinfo.describe_machine()
+    timing = {"sweep_wall_time_s": round(sweep_s, 1), "total_wall_time_s": round(total_s, 1),
+              "jobs": len(jobs), "jobs_run": todo,
+              "commit": runinfo.git_commit(Path(__file__).parent),
+              "domainbed_commit": runinfo.git_commit(Path(domainbed.__file__).parents[1]),
+              "machine": machine}
+    atomic_write_text(results_dir / "timing.json",
+                      json.dumps(timing, indent=2, default=runinfo.json_default) + "\n")
+    launch = sweeps.format_command(sweeps.sweep_command(
+        spec, "launch", _shown(data_dir), _shown(output_dir), python="python"))
+    atomic_write_text(
+        results_dir / "RUN.md",
+        "# How these demo tables were made\n\n"
+        f"- Command: `make demo` (= `lpa-domainbed demo`), which ran\n"
+        f"  `{launch}`\n  and then `python -m lpa_domainbed.tools.tables --input_dir "
+        f"{_shown(output_dir)} --name demo` (paths relative to the directory it ran in).\n"
+        f"- lpa_domainbed commit: {timing['commit']}\n"
+        f"- DomainBed commit: {timing['domainbed_commit']}\n"
+        f"- Machine: {runinfo.machine_line(machine)}\n"
+        f"- Jobs: {len(jobs)} ({todo} run in this invocation); sweep wall time "
+        f"{sweep_s:.0f} s, sweep + tables {total_s:.0f} s (also in timing.json).\n")
+
+
+def cmd_demo(args) -> int:
+    from lpa_domainbed.tools import tables
+
+    spec = sweeps.load_sweep("demo")
+    output_dir = Path(args.output_dir)
+    data_dir = output_dir.parent / "data"  # RotatedDigits is embedded: nothing is read here
+    data_dir.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    jobs = print_jobs(spec, data_dir, output_dir)
+    todo = sum(j.state != "Done" for j in jobs)
+    print(f"==> {todo} of {len(jobs)} jobs to run; "
+          f"{'resuming: finished jobs are kept' if todo < len(jobs) else 'fresh sweep'}")
+    run_forwarding_signals(sweeps.sweep_command(spec, "delete_incomplete", data_dir, output_dir))
+    run_forwarding_signals(sweeps.sweep_command(spec, "launch", data_dir, output_dir))
+    sweep_seconds = time.time() - start
+    not_done = [j for j in sweeps.list_jobs(spec, data_dir, output_dir) if j.state != "Done"]
+    result = tables.make_tables([str(output_dir)], name="demo", out_root=args.out_root)
+    total = time.time() - start
+    _write_run_record(spec, data_dir, output_dir, result.out_dir, jobs, todo, sweep_seconds,
+                      total)
+    print(f"==> demo finished in {total:.0f} s (sweep {sweep_seconds:.0f} s); tables in "
+          f"{_shown(result.out_dir)}")
+    if not_done:
+        print(f"error: {len(not_done)} of {len(jobs)} demo jobs did not finish (see err.txt "
+              f"under {_shown(output_dir)}); rerun the same command to retry them.",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["tables"]:  # its own parser, shared with python -m lpa_domainbed.tools.tables
+        from lpa_domainbed.tools import tables
+
+        return tables.main(argv[1:])
+    parser = argparse.ArgumentParser(prog="lpa-domainbed", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("demo", help="leave-one-domain-out sweep on RotatedDigits, then tables")
+    p.add_argument("--output_dir", default=os.path.join("sweeps_output", "demo"))
+    p.add_argument("--out_root", default="results")
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("sweep", help=f"launch a sweep file ({', '.join(sweeps.known_sweeps())}"
+                                     " or a path to a .toml) with DomainBed's sweep script")
+    p.add_argument("name")
+    p.add_argument("--data_dir", required=True)
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--launcher", default=None, help="DomainBed command launcher")
+    p.add_argument("--dry_run", action="store_true", help="list the jobs, launch nothing")
+    p.add_argument("--restart_incomplete", action="store_true",
+                   help="delete and relaunch jobs that started but have no 'done' file")
+    p.set_defaults(func=cmd_sweep)
+    sub.add_parser("tables", add_help=False,
+                   help="tables and paired comparisons from sweep outputs "
+                        "(lpa-domainbed tables --help)")
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        again = resume_command(args) if args.command == "sweep" else "the same command"
+        print(f"interrupted: {args.command} stopped; to resume, run {again}", file=sys.stderr)
+        return INTERRUPTED
+    except (FileNotFoundError, ValueError, ModuleNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except subprocess.CalledProcessError as e:
+        print(f"error: command failed with exit code {e.returncode}", file=sys.stderr)
+        return e.returncode or 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Command launchers this package adds to ``domainbed.command_launchers.REGISTRY``.
+
+A DomainBed launcher is a function ``launcher(commands: list[str]) -> None``; ours return
+the list of commands that failed.
+
+* ``local_parallel``: N commands at a time on this machine (:mod:`.local_parallel`);
+* ``submitit``: Slurm job arrays through submitit, or submitit's local executor where there is
+  no Slurm (:func:`.submitit_launcher.submitit_launcher`; submitit is imported only when it
+  runs). The function is not re-exported here: its name is also its module's name.
+
+Both read their settings from environment variables; :func:`validate_settings` checks them
+(a command line tool calls it before starting DomainBed's sweep).
+"""
+
+from lpa_domainbed.tools.launchers import submitit_launcher as _submitit_module
+from lpa_domainbed.tools.launchers.local_parallel import local_parallel_launcher
+from lpa_domainbed.tools.launchers.settings import validate_settings
+from lpa_domainbed.registry import Registry
+
+__all__ = ["LAUNCHERS", "local_parallel_launcher", "validate_settings"]
+
+LAUNCHERS: Registry = Registry("command launcher")
+LAUNCHERS.add("local_parallel", local_parallel_launcher)
+LAUNCHERS.add("submitit", _submitit_module.submitit_launcher)

@@ -1,0 +1,76 @@
+"""Starting a job's shell and stopping it whole, and the one-line end of an interrupted launch.
+
+Every job runs in its own process group (``start_new_session``): a Ctrl-C in the terminal then
+reaches only the launcher, which stops each job deliberately (SIGTERM to the group, a short
+wait, SIGKILL to whatever is left), so no training process is orphaned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from lpa_domainbed.tools.runinfo import env_with_python
+
+__all__ = ["ignoring_ctrl_c", "interrupted", "start_job", "stop_jobs"]
+
+GRACE_SECONDS = 5.0
+
+
+def start_job(command: str, **popen_kwargs) -> subprocess.Popen:
+    """``command`` in a shell of its own process group, in this environment with this
+    interpreter first on PATH: DomainBed's job commands start with a bare ``python``, which
+    must be the interpreter running the sweep even when its environment is not activated."""
+    env = env_with_python(sys.executable, popen_kwargs.pop("env", None))
+    return subprocess.Popen(command, shell=True, start_new_session=True, env=env,
+                            **popen_kwargs)
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    try:
+        os.killpg(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is gone already
+
+
+def stop_jobs(processes: list[subprocess.Popen], grace: float = GRACE_SECONDS) -> None:
+    """SIGTERM each job's process group, wait up to ``grace`` seconds for all of them, then
+    SIGKILL each group (also reaching background children of a shell that has exited)."""
+    for process in processes:
+        _signal_group(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for process in processes:
+        _signal_group(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@contextlib.contextmanager
+def ignoring_ctrl_c():
+    """A second Ctrl-C must not interrupt the clean-up of the first (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def interrupted(prefix: str, stopped: int, finished: int) -> SystemExit:
+    """Print the single line that ends an interrupted launch; return SystemExit(130) for the
+    caller to raise (DomainBed's sweep script would print a traceback for KeyboardInterrupt)."""
+    print(f"{prefix} interrupted: stopped {stopped} unfinished jobs, {finished} finished jobs "
+          f"are kept; the stopped ones are incomplete (see 'Resume' in docs/launchers.md)",
+          file=sys.stderr, flush=True)
+    return SystemExit(130)
