@@ -111,3 +111,27 @@ def test_mmix_layers_is_gone_with_a_clear_error():
     from lpa_domainbed.algorithms.manifold_mixup import ManifoldMixup
 
     assert "mmix_layers" not in {s.name for s in ManifoldMixup.hparam_specs()}
+
+
+# -- DropBlock drops full s x s blocks, anywhere ---------------------------------------------
+def _union_of_full_blocks(dropped: torch.Tensor, s: int) -> bool:
+    """Whether every dropped cell lies in an s x s window that is dropped entirely."""
+    full = 1 - F.max_pool2d(1 - dropped[None, None], s, stride=1)[0, 0]
+    covered = F.max_pool2d(F.pad(full[None, None], (s - 1,) * 4), s, stride=1)[0, 0]
+    return bool(((dropped == 1) <= (covered == 1)).all())
+
+
+@pytest.mark.parametrize("s", [2, 3, 4])
+def test_dropblock_drops_only_full_blocks_and_can_drop_every_cell(s):
+    from lpa_domainbed.algorithms.dropout import dropout_mask
+
+    torch.manual_seed(0)
+    a = torch.ones(64, 2, 8, 8)
+    ever = torch.zeros(8, 8, dtype=torch.bool)
+    for _ in range(5):
+        mask = dropout_mask(a, 0.2, "block", s)
+        dropped = (mask == 0).float()
+        ever |= dropped.flatten(0, 1).bool().any(0)
+        for d in dropped.flatten(0, 1):
+            assert _union_of_full_blocks(d, s)
+    assert ever.all(), ever
