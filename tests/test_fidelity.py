@@ -111,3 +111,110 @@ def test_mmix_layers_is_gone_with_a_clear_error():
     from lpa_domainbed.algorithms.manifold_mixup import ManifoldMixup
 
     assert "mmix_layers" not in {s.name for s in ManifoldMixup.hparam_specs()}
+
+
+# -- DropBlock drops full s x s blocks, anywhere ---------------------------------------------
+def _union_of_full_blocks(dropped: torch.Tensor, s: int) -> bool:
+    """Whether every dropped cell lies in an s x s window that is dropped entirely."""
+    full = 1 - F.max_pool2d(1 - dropped[None, None], s, stride=1)[0, 0]
+    covered = F.max_pool2d(F.pad(full[None, None], (s - 1,) * 4), s, stride=1)[0, 0]
+    return bool(((dropped == 1) <= (covered == 1)).all())
+
+
+@pytest.mark.parametrize("s", [2, 3, 4])
+def test_dropblock_drops_only_full_blocks_and_can_drop_every_cell(s):
+    from lpa_domainbed.algorithms.dropout import dropout_mask
+
+    torch.manual_seed(0)
+    a = torch.ones(64, 2, 8, 8)
+    ever = torch.zeros(8, 8, dtype=torch.bool)
+    for _ in range(5):
+        mask = dropout_mask(a, 0.2, "block", s)
+        dropped = (mask == 0).float()
+        ever |= dropped.flatten(0, 1).bool().any(0)
+        for d in dropped.flatten(0, 1):
+            assert _union_of_full_blocks(d, s)
+    assert ever.all(), ever
+
+
+# -- every documented layer name resolves on every DomainBed featurizer ----------------------
+def build(featurizer, monkeypatch, request):
+    """An LPA on one DomainBed featurizer, offline with random weights."""
+    from domainbed import algorithms, hparams_registry, networks
+
+    shape = {"MLP": (64,), "MNIST_CNN": (3, 28, 28), "Wide_ResNet": (3, 32, 32)}.get(
+        featurizer, (3, 224, 224))
+    hparams = hparams_registry.default_hparams("LPA", "RotatedDigits")
+    if featurizer in ("ResNet", "timm_ResNet"):
+        hparams.update(request.getfixturevalue("offline_resnet"))
+    if featurizer == "timm_ResNet":
+        create = networks.timm.create_model
+        monkeypatch.setattr(networks.timm, "create_model",
+                            lambda name, pretrained=False, **kw: create(name, pretrained=False, **kw))
+        hparams["resnet50_augmix"] = True
+    torch.manual_seed(0)
+    return algorithms.get_algorithm_class("LPA")(shape, 4, 2, hparams)
+
+
+NAMES = {
+    "MLP": ["featurizer.hiddens.0", "hiddens.0", "input", "featurizer.input", "output",
+            "featurizer.output"],
+    "MNIST_CNN": ["bn2", "featurizer.bn2", "conv3", "featurizer.conv1", "bn0"],
+    "Wide_ResNet": ["layer3", "featurizer.layer3", "layer2.0.conv1", "featurizer.conv1"],
+    "ResNet": ["layer3", "network.layer3", "featurizer.network.layer3", "layer3.0.bn1",
+               "network.conv1"],
+    "timm_ResNet": ["layer3", "network.layer3", "featurizer.network.layer3", "layer3.0.bn1",
+                    "network.conv1"],
+}
+COMMON = ["features", "logits", "default", "stage1", "stage2", "all_stages", "early_stages",
+          "network_input", "features,logits"]
+
+
+@pytest.mark.parametrize("featurizer", list(NAMES))
+def test_every_documented_layer_name_resolves(featurizer, monkeypatch, request):
+    from lpa_domainbed.perturb.layers import resolve_cuts, valid_layer_names
+
+    alg = build(featurizer, monkeypatch, request)
+    for name in NAMES[featurizer] + COMMON + [["default", "logits"]]:
+        cuts = resolve_cuts(alg, name)
+        assert cuts and all(c.depth >= 0 for c in cuts), name
+    valid = valid_layer_names(alg)
+    assert len(valid) == len(set(valid))
+    with pytest.raises(ValueError) as info:
+        resolve_cuts(alg, "no_such_layer")
+    listed = str(info.value).split("Valid names: ")[1].split(". They are")[0].split(", ")
+    assert len(listed) == len(set(listed))
+
+
+# -- L - l of a layer outside the declared stages follows execution order -------------------
+@pytest.mark.parametrize("name,depth", [("conv1", 4), ("conv2", 3), ("conv3", 2), ("conv4", 1),
+                                        ("bn2", 2)])
+def test_depth_of_mnist_cnn_convolutions_is_their_blocks(name, depth):
+    alg = make("LPA", "Debug28", perturb_layer=name)
+    assert alg.cuts[0].depth == depth
+
+
+# -- an in-place operation after the cut --------------------------------------------------
+def test_cut_followed_by_an_inplace_relu(offline_resnet):
+    alg = make("LPA", "Debug224", perturb_layer="featurizer.network.layer3.0.bn1",
+               **offline_resnet)
+    x, y = batches("Debug224", per_domain=3)[0]
+    seen = {}
+    handle = alg.featurizer.network.layer3[0].bn1.register_forward_hook(
+        lambda m, i, out: seen.__setitem__("bn1", out.detach().clone()))
+    r = alg.probe(x, y)
+    handle.remove()
+    assert torch.allclose(r.clean, seen["bn1"], atol=1e-5)  # not overwritten by ReLU_
+    assert (r.clean < 0).any() and (r.perturbed < 0).any()
+    assert (r.perturbed - r.clean).abs().max() > 0
+    out = alg.update(batches("Debug224", per_domain=3))
+    assert out["perturbed_loss"] == out["perturbed_loss"]
+
+
+def test_tail_writing_into_a_replayed_output_is_refused(offline_resnet):
+    # torchvision's BasicBlock: bn2 runs before downsample, then 'out += identity' writes
+    # into bn2's (replayed) output.
+    alg = make("LPA", "Debug224", perturb_layer="featurizer.network.layer3.0.downsample.0",
+               **offline_resnet)
+    with pytest.raises(RuntimeError, match="in place.*layer3.0.bn2"):
+        alg.update(batches("Debug224", per_domain=3))

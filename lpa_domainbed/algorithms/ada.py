@@ -2,8 +2,10 @@
 
 Per sample, ``delta_i = argmax_{|delta| <= r_i} l(f_{l+1:L}(a_i + delta), y_i)`` by ``T``-step
 normalized l2 PGD (step ``2 r_i / T``), with ``r_i = ada_eps * |a_i|`` (relative to the
-sample's activation norm, so one value serves every layer). Like Volpi et al. (2018), the
-model trains on both: ``loss = w * l(clean) + (1 - w) * l(perturbed)`` with
+sample's activation norm, so one value serves every layer). This is the paper's eq. 5, a
+feature-space l2 ball; it is *not* Volpi et al.'s (2018) procedure (input-space gradient
+ascent with a feature-distance penalty and rounds of appended augmented samples). Like them,
+the model trains on both: ``loss = w * l(clean) + (1 - w) * l(perturbed)`` with
 ``w = ada_clean_weight``. The clean term reuses the PGD search's first evaluation, so it adds
 only its backward.
 """

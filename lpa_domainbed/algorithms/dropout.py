@@ -53,9 +53,11 @@ def dropout_mask(a: torch.Tensor, p: float, kind: str, block_size: int = 3) -> t
     gamma = p / s ** 2 * H * W / ((H - s + 1) * (W - s + 1))
     seeds = torch.bernoulli(a.new_full((a.shape[0], a.shape[1], H - s + 1, W - s + 1),
                                        min(gamma, 1.0)))
-    # Seeds are block centres; pad them back to H x W, then grow each into an s x s block.
-    seeds = F.pad(seeds, (s // 2, s - 1 - s // 2, s // 2, s - 1 - s // 2))
-    block = F.max_pool2d(seeds, kernel_size=s, stride=1, padding=s // 2)[:, :, :H, :W]
+    # A seed at (i, j) drops the full block [i, i + s) x [j, j + s), which always fits: cell
+    # (u, v) is dropped iff a seed lies in [u - s + 1, u] x [v - s + 1, v]. Padding by s - 1
+    # on every side and an s x s max-pool compute exactly that, for odd and even s.
+    seeds = F.pad(seeds, (s - 1, s - 1, s - 1, s - 1))
+    block = F.max_pool2d(seeds, kernel_size=s, stride=1)
     kept = 1.0 - block
     return kept * (kept.numel() / kept.sum().clamp_min(1.0))
 
