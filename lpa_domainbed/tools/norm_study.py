@@ -4,7 +4,7 @@ Trains LPA (``lpa_split=mean_accuracy``, so both P_a and N_a are non-empty) on t
 RotatedDigits dataset (MLP, domains 0-2 for training), then reports, per class and via the
 state-free ``probe()``, the ratio ``E|a + delta| / E|a|`` at the default layer.
 
-    python -m lpa_domainbed.perturb.norm_study [steps] [seed]
+    python -m lpa_domainbed.tools.norm_study [steps] [seed]
 """
 
 from __future__ import annotations
