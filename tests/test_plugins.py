@@ -155,3 +155,25 @@ def test_a_syntax_error_in_a_package_module_leaves_erm_and_the_others_working(tm
     assert asked.returncode != 0
     assert ("Algorithm not found: DSU. DSU comes from module 'lpa_domainbed.algorithms.dsu' "
             "(part of lpa_domainbed) failed to import: SyntaxError") in asked.stdout + asked.stderr
+
+
+def test_the_docs_example_runs_from_my_algs_to_collect_results(tmp_path):
+    doc = (REPO / "docs" / "base_class.md").read_text()
+    section = doc.split("## Your own algorithms, from a module to a sweep")[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    commands = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    (tmp_path / "my_algs.py").write_text(code)
+    tiny = (commands.replace("--n_hparams 5", "--n_hparams 1").replace("--n_trials 3",
+                                                                         "--n_trials 1")
+            .replace("--skip_confirmation", "--skip_confirmation --steps 3"))
+    # `make tables` needs the repository's Makefile and virtual environment: checked elsewhere
+    script = "set -e\n" + "\n".join(l for l in tiny.splitlines() if not l.startswith("make "))
+    out = run_python(["-c", "import subprocess, sys; sys.exit(subprocess.call(['bash', '-c', "
+                            "sys.argv[1]]))", script], cwd=tmp_path, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    sweep_dir = tmp_path / "sweeps_output" / "mine"
+    assert len(list(sweep_dir.glob("*/done"))) == 12, out.stdout[-2000:]
+    for name in ("GaussianNoise", "FeatureDropout", "SmallLR_ERM"):
+        assert name in out.stdout
+    assert hparams_of(sweep_dir, "FeatureDropout")["perturb_layer"] == "features"
+    assert hparams_of(sweep_dir, "SmallLR_ERM")["lr_scale"] == 0.5
