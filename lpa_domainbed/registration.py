@@ -11,17 +11,23 @@ DomainBed itself stays unmodified: we set module attributes and extend its lists
 * ``domainbed.lib.fast_data_loader.InfiniteDataLoader``: a guard that raises a clear error
   for a split smaller than the batch size (DomainBed would otherwise loop forever).
 
-Every step is idempotent; a name that clashes with a DomainBed built-in raises ``ValueError``.
+Every step is idempotent. After ``domainbed.algorithms`` or ``domainbed.datasets`` the user's
+plugin modules are imported (:mod:`lpa_domainbed.plugins`). A name that clashes with one
+DomainBed already has is refused with one warning naming the real owner, and changes nothing.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import sys
+
+from lpa_domainbed.registry import owner
 
 __all__ = ["register", "on_module_loaded", "SmallSplitError"]
 
 _MARK = "_lpa_domainbed_registered"
+_REFUSED: set = set()
 
 
 class SmallSplitError(ValueError):
@@ -42,35 +48,66 @@ def _once(func):
     return wrapper
 
 
-def _check_clash(module, name, obj, what):
+def _clash(module, name, obj) -> str | None:
+    """Who owns ``name`` in the DomainBed module, when that is not ``obj``."""
     existing = module.__dict__.get(name)
-    if existing is not None and existing is not obj:
-        raise ValueError(
-            f"cannot register {what} {name!r}: {module.__name__} already defines {name!r} "
-            f"({existing!r}). DomainBed's built-ins are never replaced; rename ours.")
+    return None if existing is None or existing is obj else owner(existing)
+
+
+def _refuse(kind, name, taken_by):
+    """One warning per refused name and interpreter; the refused entry changes nothing."""
+    if (kind, name) not in _REFUSED:
+        _REFUSED.add((kind, name))
+        sys.stderr.write(f"lpa_domainbed: refused to register {kind} {name!r}: the name is taken "
+                         f"by {taken_by}; pick another name.\n")
+
+
+def _copy_into(module, registry, listing, kind):
+    # Not once-only: an entry registered later (a user's own) is added on the next call.
+    for name, obj in list(registry.items()):
+        taken_by = _clash(module, name, obj)
+        if taken_by:  # forget it, so no hparams of ours are ever added under that name
+            registry.discard(name)
+            _refuse(kind, name, taken_by)
+            continue
+        setattr(module, name, obj)
+        if name not in listing:
+            listing.append(name)
 
 
 def _register_algorithms(module):
-    # Not once-only: an algorithm registered later (a user's own) is added on the next call.
     from lpa_domainbed.algorithms import load
 
-    for name, cls in load().items():
-        _check_clash(module, name, cls, "algorithm")
-    for name, cls in load().items():
-        setattr(module, name, cls)
-        if name not in module.ALGORITHMS:
-            module.ALGORITHMS.append(name)
+    _copy_into(module, load(), module.ALGORITHMS, "algorithm")
+    _explain_missing_algorithms(module)
+
+
+@_once
+def _explain_missing_algorithms(module):
+    """``get_algorithm_class`` names the failed module an unknown algorithm would come from."""
+    original = module.get_algorithm_class
+
+    @functools.wraps(original)
+    def get_algorithm_class(algorithm_name):
+        try:
+            return original(algorithm_name)
+        except NotImplementedError as error:
+            from lpa_domainbed.plugins import explain_missing
+
+            hint = explain_missing(algorithm_name)
+            if hint is None:
+                raise
+            raise NotImplementedError(f"{error}. {hint}") from None
+
+    module.get_algorithm_class = get_algorithm_class
 
 
 def _register_datasets(module):
     from lpa_domainbed.datasets import load
+    from lpa_domainbed.hparams_check import known_hparams
 
-    for name, cls in load().items():
-        _check_clash(module, name, cls, "dataset")
-    for name, cls in load().items():
-        setattr(module, name, cls)
-        if name not in module.DATASETS:
-            module.DATASETS.append(name)
+    _copy_into(module, load(), module.DATASETS, "dataset")
+    known_hparams.cache_clear()  # a new dataset may bring new hparam names
 
 
 @_once
@@ -89,10 +126,10 @@ def _patch_hparams(module):
 
         datasets, algorithms = load_datasets(), load_algorithms()
         if dataset in datasets:
-            hp.define(hparams, datasets[dataset].HPARAMS, random_seed, misc.seed_hash,
+            hp.define(hparams, getattr(datasets[dataset], "HPARAMS", []), random_seed, misc.seed_hash,
                       override=True)
         if algorithm in algorithms:
-            hp.define(hparams, algorithms[algorithm].hparam_specs(dataset), random_seed,
+            hp.define(hparams, hp.specs_of(algorithms[algorithm], dataset), random_seed,
                       misc.seed_hash)
         return hparams
 
@@ -117,6 +154,11 @@ def _guard_infinite_loader(module):
 
     @functools.wraps(original_init)
     def __init__(self, dataset, weights, batch_size, num_workers):
+        if len(dataset) == 0:
+            raise SmallSplitError(
+                "a training split is empty: --holdout_fraction holds every example of a "
+                "training domain out (as validation data). Use a fraction below 1 "
+                "(DomainBed's default is 0.2).")
         if weights is None and len(dataset) < batch_size:
             raise SmallSplitError(
                 f"a training split has {len(dataset)} examples, fewer than batch_size="
@@ -137,9 +179,21 @@ _STEPS = {
 }
 
 
+def _load_plugins():
+    """Import the user's plugin modules once, then copy what they registered into DomainBed."""
+    from lpa_domainbed import plugins
+
+    if plugins.load():  # the outermost call: plugins may have imported DomainBed themselves
+        for name in ("domainbed.algorithms", "domainbed.datasets"):
+            if name in sys.modules:
+                _STEPS[name](sys.modules[name])
+
+
 def on_module_loaded(name, module):
     """Called by the autoload finder right after DomainBed module ``name`` has executed."""
     _STEPS[name](module)
+    if name in ("domainbed.algorithms", "domainbed.datasets"):
+        _load_plugins()
 
 
 def register():
@@ -154,4 +208,4 @@ def register():
                     "pinned commit into $DOMAINBED_DIR, default ~/.cache/lpa-domainbed/DomainBed, "
                     "and puts it on the virtual environment's path).") from e
             raise
-        step(module)
+        on_module_loaded(name, module)

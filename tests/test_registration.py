@@ -26,21 +26,64 @@ def test_register_is_idempotent():
     assert "local_parallel" in C.REGISTRY
 
 
-def test_a_name_clashing_with_a_builtin_is_refused_and_nothing_is_written(monkeypatch):
+def test_a_name_clashing_with_a_builtin_is_refused_and_nothing_is_written(capsys):
     import domainbed.algorithms as A
+    from domainbed import hparams_registry as H
 
-    from lpa_domainbed import algorithms, registration
+    from lpa_domainbed.algorithms import ALGORITHMS
+    from lpa_domainbed.hparams import HParam, fixed
+
+    def snapshot():
+        return ([H.default_hparams("ERM", d) for d in ("RotatedDigits", "PACS")]
+                + [H.random_hparams("ERM", d, 5) for d in ("RotatedDigits", "PACS")])
+
+    before = snapshot()
+    clashing = type("ERM", (A.Algorithm,), {
+        "hparam_specs": classmethod(lambda cls, d=None: [HParam("extra", 1, fixed(1))])})
+    with pytest.raises(ValueError, match="taken by DomainBed's built-in domainbed.algorithms.ERM"):
+        ALGORITHMS.add("ERM", clashing)
+    assert "ERM" not in ALGORITHMS and A.ERM is not clashing
+    assert repr(snapshot()) == repr(before)  # byte-identical, random draws included
+    # a later registration still works, through DomainBed's own lookup
+    later = type("LaterAlg", (A.ERM,), {})
+    ALGORITHMS.add("LaterAlg", later)
+    try:
+        import lpa_domainbed
+
+        lpa_domainbed.register()
+        assert A.get_algorithm_class("LaterAlg") is later and "LaterAlg" in A.ALGORITHMS
+    finally:
+        ALGORITHMS.discard("LaterAlg"), A.ALGORITHMS.remove("LaterAlg"), delattr(A, "LaterAlg")
+
+
+def test_a_clash_names_the_real_owner():
+    from lpa_domainbed.algorithms import ALGORITHMS
+    from lpa_domainbed.algorithms.base import ActivationPerturbation
+
+    mine = type("LPA", (ActivationPerturbation,), {"__module__": "my_algs"})
+    with pytest.raises(ValueError, match="already registered by lpa_domainbed's "
+                                         "lpa_domainbed.algorithms.lpa.LPA"):
+        ALGORITHMS.add("LPA", mine)
+
+
+def test_a_clash_found_when_copying_is_refused_with_one_warning(capsys):
+    from lpa_domainbed import registration
     from lpa_domainbed.registry import Registry
 
-    clashing = Registry("algorithm")
-    clashing.add("MyNew", type("MyNew", (), {}))
-    clashing.add("ERM", type("ERM", (), {}))
-    monkeypatch.setattr(algorithms, "load", lambda: clashing)
-    fake = types.ModuleType("domainbed.algorithms")
+    import domainbed.algorithms as A
+
+    entries = Registry("algorithm")  # filled while DomainBed was not imported: no early check
+    mine = entries.add("MyNew", type("MyNew", (), {}))
+    entries.add("ERM", type("ERM", (), {}))
+    fake = types.ModuleType("fake_domainbed_algorithms")
     fake.ERM, fake.ALGORITHMS = A.ERM, ["ERM"]
-    with pytest.raises(ValueError, match="already defines 'ERM'.*rename"):
-        registration._register_algorithms(fake)
-    assert fake.ALGORITHMS == ["ERM"] and not hasattr(fake, "MyNew")
+    registration._copy_into(fake, entries, fake.ALGORITHMS, "algorithm")
+    registration._copy_into(fake, entries, fake.ALGORITHMS, "algorithm")
+    assert fake.ALGORITHMS == ["ERM", "MyNew"] and fake.MyNew is mine and fake.ERM is A.ERM
+    assert list(entries) == ["MyNew"]
+    err = capsys.readouterr().err
+    assert err.count("refused to register algorithm 'ERM'") == 1
+    assert "DomainBed's built-in domainbed.algorithms.ERM" in err
 
 
 @pytest.mark.parametrize("dataset", ["RotatedMNIST", "PACS", "VLCS", "RotatedDigits"])

@@ -24,18 +24,12 @@ import torch.nn.functional as F
 from domainbed.algorithms import ERM
 
 from lpa_domainbed import hparams as hp
+from lpa_domainbed.hparams import merge_specs  # re-exported: subclasses import it from here
 from lpa_domainbed.perturb.layers import Cut, resolve_cuts
 from lpa_domainbed.perturb.tail import CutForward, frozen_batchnorm_stats
 
 __all__ = ["ActivationPerturbation", "PerturbContext", "ProbeResult", "merge_specs",
            "require"]
-
-
-def merge_specs(base: list[hp.HParam], extra: list[hp.HParam]) -> list[hp.HParam]:
-    """``base`` with entries of ``extra`` replacing same-named ones (others appended)."""
-    names = {s.name: s for s in extra}
-    merged = [names.pop(s.name, s) for s in base]
-    return merged + list(names.values())
 
 
 def require(hparams: dict, name: str, ok: bool, expected: str):
@@ -141,9 +135,11 @@ class ActivationPerturbation(ERM):
     def hparam_specs(cls, dataset: str | None = None) -> list[hp.HParam]:
         """This algorithm's hyperparameters (DomainBed registry entries)."""
         return [hp.HParam("perturb_layer", "default", hp.fixed("default"),
-                          "layer l: a module path, 'features', 'logits' or a list of them")]
+                          "layer l: a module path, 'features', 'logits' or a list of them",
+                          type=(str, list))]
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
+        hparams = hp.validate(type(self), hparams)  # names, types, finiteness
         defaults = {s.name: s.default for s in self.hparam_specs(None)}
         super().__init__(input_shape, num_classes, num_domains, {**defaults, **hparams})
         self.num_classes = num_classes

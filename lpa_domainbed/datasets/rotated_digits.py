@@ -71,6 +71,13 @@ class RotatedDigits(db_datasets.MultipleDomainDataset):
 
     def __init__(self, root, test_envs, hparams):
         super().__init__()
+        valid = range(len(self.ENVIRONMENTS))
+        wrong = [e for e in test_envs if e not in valid]
+        if wrong:  # DomainBed would train on every domain and hold none out
+            raise ValueError(
+                f"--test_envs {' '.join(map(str, wrong))}: RotatedDigits has no such domain; "
+                f"valid indices are {', '.join(map(str, valid))} (domains "
+                f"{', '.join(self.ENVIRONMENTS)} degrees)")
         images, labels = load_digits()
         order = np.random.RandomState(_SHUFFLE_SEED).permutation(len(images))
         self.datasets = []

@@ -1,0 +1,84 @@
+"""Bad train-script input fails at construction with a message that says what to fix.
+
+Every row runs DomainBed's real train script. To stay fast on two cores, the rows share one
+fresh interpreter (the script is run with ``runpy`` as ``python -m`` does; an uncaught
+exception is exit status 1); one row also runs as its own ``python -m`` process.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import requires_domainbed, run_python
+
+pytestmark = [requires_domainbed, pytest.mark.slow]
+
+# (algorithm, --hparams, extra args, expected exit status, expected message fragment)
+ROWS = [
+    ("LPA", {"lpa_epss": 0.25}, [], 1, "unknown hparam 'lpa_epss' for LPA. Did you mean 'lpa_eps'"),
+    ("LPA", {"lpa_eps": "abc"}, [], 1, "hparam lpa_eps='abc' has type str; expected float"),
+    ("LPA", {"lpa_eps": "0.2"}, [], 1, "hparam lpa_eps='0.2' has type str; expected float"),
+    ("LPA", {"lpa_eps": None}, [], 1, "hparam lpa_eps=None has type NoneType; expected float"),
+    ("LPA", {"perturb_layer": 5}, [], 1, "hparam perturb_layer=5 has type int; expected list or str"),
+    ("LPA", {"lpa_steps": True}, [], 1, "hparam lpa_steps=True has type bool; expected int"),
+    ("LPA", {"lpa_eps": float("inf")}, [], 1, "hparam lpa_eps=inf is not a finite number"),
+    ("ADA", {"ada_eps": float("inf")}, [], 1, "hparam ada_eps=inf is not a finite number"),
+    ("ERM", None, ["--test_envs", "7"], 1,
+     "--test_envs 7: RotatedDigits has no such domain; valid indices are 0, 1, 2, 3"),
+    ("ERM", None, ["--test_envs", "-1"], 1, "--test_envs -1: RotatedDigits has no such domain"),
+    ("ERM", None, ["--holdout_fraction", "1.0"], 1, "--holdout_fraction holds every example"),
+    # a name of the user's own, and an int where a float is expected, train normally
+    ("LPA", {"user_note": "mine", "lpa_eps": 1}, [], 0, "user_note: mine"),
+]
+
+DRIVER = """
+import json, os, runpy, sys, traceback
+results = []
+for argv, out_dir in json.loads(sys.argv[1]):
+    saved = sys.stdout, sys.stderr
+    sys.argv = ["train"] + argv
+    try:
+        runpy.run_module("domainbed.scripts.train", run_name="__main__", alter_sys=True)
+        rc, message = 0, open(os.path.join(out_dir, "out.txt")).read()
+    except SystemExit as e:
+        rc, message = e.code, ""
+    except Exception:
+        rc, message = 1, traceback.format_exc()
+    sys.stdout, sys.stderr = saved
+    results.append({"rc": rc, "message": message,
+                    "done": os.path.exists(os.path.join(out_dir, "done"))})
+print("RESULTS" + json.dumps(results))
+"""
+
+
+def train_args(tmp_path, i, algorithm, hparams, extra):
+    args = ["--dataset", "RotatedDigits", "--algorithm", algorithm, "--data_dir", str(tmp_path),
+            "--output_dir", str(tmp_path / f"run{i}"), "--steps", "1", "--checkpoint_freq", "1",
+            "--skip_model_save", *extra]
+    if hparams is not None:
+        args += ["--hparams", json.dumps(hparams)]  # json writes inf as Infinity, like a user
+    return args
+
+
+def test_every_row_exits_as_expected_naming_the_problem(tmp_path):
+    jobs = [(train_args(tmp_path, i, *row[:3]), str(tmp_path / f"run{i}"))
+            for i, row in enumerate(ROWS)]
+    out = run_python(["-c", DRIVER, json.dumps(jobs)], cwd=tmp_path)
+    assert out.returncode == 0 and "RESULTS" in out.stdout, out.stderr[-3000:]
+    results = json.loads(out.stdout.split("RESULTS")[-1])
+    for row, result in zip(ROWS, results):
+        status, message = row[3], row[4]
+        assert result["rc"] == status, (row, result["message"][-2000:])
+        assert message in result["message"], (row, result["message"][-2000:])
+        assert "a training split has" not in result["message"]  # not the batch-size advice
+        assert result["done"] == (status == 0), row
+
+
+def test_the_train_script_process_exits_non_zero_and_writes_no_done(tmp_path):
+    out = run_python(["-m", "domainbed.scripts.train",
+                      *train_args(tmp_path, 0, "LPA", {"lpa_epss": 0.25}, [])], cwd=tmp_path)
+    assert out.returncode != 0
+    assert "Did you mean 'lpa_eps'" in out.stdout + out.stderr  # train.py tees stderr to stdout
+    assert not (tmp_path / "run0" / "done").exists()
