@@ -7,7 +7,10 @@ DomainBed itself stays unmodified: we set module attributes and extend its lists
 * ``domainbed.hparams_registry._hparams``: wrapped, so our algorithms' and datasets'
   hyperparameters are added with DomainBed's per-name seeding (built-ins are untouched);
 * ``domainbed.datasets``: each dataset class as an attribute and in ``DATASETS``;
-* ``domainbed.command_launchers.REGISTRY``: our launchers;
+* ``domainbed.command_launchers.REGISTRY``: the command launchers in :data:`LAUNCHERS` (the
+  package's own come from ``lpa_domainbed.tools.launchers``, which registers them there and is
+  loaded like any plugin, through this package's ``lpa_domainbed.plugins`` entry point: the
+  core never imports the tooling);
 * ``domainbed.lib.fast_data_loader.InfiniteDataLoader``: a guard that raises a clear error
   for a split smaller than the batch size (DomainBed would otherwise loop forever).
 
@@ -22,9 +25,12 @@ import functools
 import importlib
 import sys
 
-from lpa_domainbed.registry import owner
+from lpa_domainbed.registry import Registry, owner
 
-__all__ = ["register", "on_module_loaded", "SmallSplitError"]
+__all__ = ["register", "on_module_loaded", "SmallSplitError", "LAUNCHERS"]
+
+#: name -> DomainBed command launcher ``fn(commands)``, copied into ``command_launchers.REGISTRY``.
+LAUNCHERS: Registry = Registry("command launcher")
 
 _MARK = "_lpa_domainbed_registered"
 _REFUSED: set = set()
@@ -137,8 +143,6 @@ def _patch_hparams(module):
 
 
 def _register_launchers(module):
-    from lpa_domainbed.tools.launchers import LAUNCHERS
-
     for name, fn in LAUNCHERS.items():
         existing = module.REGISTRY.get(name)
         if existing is not None and existing is not fn:
@@ -184,7 +188,7 @@ def _load_plugins():
     from lpa_domainbed import plugins
 
     if plugins.load():  # the outermost call: plugins may have imported DomainBed themselves
-        for name in ("domainbed.algorithms", "domainbed.datasets"):
+        for name in ("domainbed.algorithms", "domainbed.datasets", "domainbed.command_launchers"):
             if name in sys.modules:
                 _STEPS[name](sys.modules[name])
 
@@ -192,7 +196,7 @@ def _load_plugins():
 def on_module_loaded(name, module):
     """Called by the autoload finder right after DomainBed module ``name`` has executed."""
     _STEPS[name](module)
-    if name in ("domainbed.algorithms", "domainbed.datasets"):
+    if name in ("domainbed.algorithms", "domainbed.datasets", "domainbed.command_launchers"):
         _load_plugins()
 
 

@@ -12,13 +12,20 @@ Both read their settings from environment variables; :func:`validate_settings` c
 (a command line tool calls it before starting DomainBed's sweep).
 """
 
+import sys
+
+from lpa_domainbed.registration import LAUNCHERS, on_module_loaded
 from lpa_domainbed.tools.launchers import submitit_launcher as _submitit_module
 from lpa_domainbed.tools.launchers.local_parallel import local_parallel_launcher
 from lpa_domainbed.tools.launchers.settings import validate_settings
-from lpa_domainbed.registry import Registry
 
 __all__ = ["LAUNCHERS", "local_parallel_launcher", "validate_settings"]
 
-LAUNCHERS: Registry = Registry("command launcher")
-LAUNCHERS.add("local_parallel", local_parallel_launcher)
-LAUNCHERS.add("submitit", _submitit_module.submitit_launcher)
+# This module is a plugin of the package (entry point ``launchers`` of the group
+# ``lpa_domainbed.plugins``), imported in every interpreter after DomainBed's modules load.
+for _name, _launcher in (("local_parallel", local_parallel_launcher),
+                         ("submitit", _submitit_module.submitit_launcher)):
+    if LAUNCHERS.get(_name) is not _launcher:
+        LAUNCHERS.add(_name, _launcher)
+if "domainbed.command_launchers" in sys.modules:  # imported directly, after DomainBed's
+    on_module_loaded("domainbed.command_launchers", sys.modules["domainbed.command_launchers"])
