@@ -184,7 +184,44 @@ def test_default_layers_and_depths(dataset, expected, depth, request):
     ("LPA", "lpa_beta", 1.5), ("LPA", "lpa_mode", "fast"), ("LPA", "lpa_split", "x"),
     ("LPA", "lpa_lowrank", 2.0), ("Dropout", "dropout_p", 1.0), ("Dropout", "dropout_p", -0.1),
     ("Dropout", "dropout_kind", "pixel"), ("ManifoldMixup", "mmix_alpha", 0.0),
-    ("ADA", "ada_eps", -1.0), ("ADA", "ada_steps", 0)])
+    ("ADA", "ada_eps", -1.0), ("ADA", "ada_steps", 0), ("LPA", "lpa_bn_stats", "running")])
 def test_invalid_hparams_raise_naming_the_hparam(name, hparam, value):
     with pytest.raises(ValueError, match=hparam):
         make(name, **{hparam: value})
+
+
+def test_only_searching_methods_keep_records_for_the_tail():
+    searching = {"LPA", "LPL", "LPA_LPL", "ADA"}
+    for name in algorithm_names():
+        alg = make(name)
+        assert any(alg.uses_tail(c) for c in alg.cuts) == (name in searching), name
+        assert (alg.search_steps > 0) == (name in searching), name
+
+
+@pytest.mark.parametrize("name,hparams", [("LPA", {"lr": 1e30}), ("Dropout", {"lr": 1e30})])
+def test_a_non_finite_training_loss_stops_the_run_naming_step_and_hparams(name, hparams):
+    from lpa_domainbed.algorithms.base import NonFiniteLossError
+
+    alg = make(name, **hparams)
+    with pytest.raises(NonFiniteLossError) as error:
+        for seed in range(5):  # the first update is finite; the huge step then overflows
+            alg.update(batches(seed=seed))
+    message = str(error.value)
+    assert f"at step {alg.steps_done}" in message and "lr=1e+30" in message, message
+    assert isinstance(error.value, FloatingPointError)
+
+
+def test_a_perturbation_that_returns_inf_stops_the_first_update():
+    from lpa_domainbed.algorithms.base import ActivationPerturbation, NonFiniteLossError
+    from domainbed.hparams_registry import default_hparams
+
+    class Infinite(ActivationPerturbation):
+        def perturb(self, a, y, ctx):
+            return a + float("inf")
+
+    alg = Infinite((64,), 4, 2, default_hparams("ERM", "RotatedDigits"))
+    before = snapshot(alg)["params"]
+    with pytest.raises(NonFiniteLossError, match="Infinite: the training loss is nan at step 0"):
+        alg.update(batches())
+    assert all(torch.equal(v, before[k]) for k, v in alg.named_parameters())  # no step taken
+    assert alg.steps_done == 0

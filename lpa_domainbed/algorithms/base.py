@@ -210,7 +210,8 @@ class ActivationPerturbation(ERM):
         return ProbeResult(
             layers=list(ctx.clean), clean=dict(ctx.clean), perturbed=dict(ctx.perturbed),
             rel_perturbation=rel,
-            clean_loss=_per_class_mean(F.cross_entropy(clean_logits.float(), y, reduction="none"), y, C),
+            clean_loss=_per_class_mean(
+                F.cross_entropy(clean_logits.float(), y, reduction="none"), y, C),
             perturbed_loss=_per_class_mean(
                 F.cross_entropy(logits.detach().float(), y, reduction="none"), y, C),
             counts=torch.bincount(y, minlength=C))

@@ -237,7 +237,8 @@ class CutForward:
             raise RuntimeError(
                 f"tail() at {cut.name!r}: this pass kept no records for it (it was not in "
                 f"run(..., tail_cuts=...); for an ActivationPerturbation, uses_tail() "
-                f"returned False for this layer)")
+                f"returned False for this layer: override uses_tail() to return True where "
+                f"perturb() calls ctx.tail)")
         if cut.name not in self._fired or cut.name not in self._pending:
             raise RuntimeError(f"tail() at {cut.name!r} is only available inside its on_cut")
         fired_at = self._fired[cut.name]
