@@ -41,6 +41,12 @@ def batches(dataset="RotatedDigits", per_domain=6, num_domains=2, num_classes=4,
              torch.arange(per_domain) % num_classes) for _ in range(num_domains)]
 
 
+def one(activations: dict):
+    """The activation of a probe that perturbs a single layer."""
+    (a,) = activations.values()
+    return a
+
+
 def snapshot(alg):
     return {
         "params": {k: v.detach().clone() for k, v in alg.named_parameters()},
@@ -89,10 +95,11 @@ def test_one_update_changes_parameters_and_reports_finite_diagnostics(name, data
     out = alg.update(batches(dataset, per_domain=per_domain))
     if out["rel_perturbation"] == 0 and alg.hparams.get("lpa_mode") == "amortized":
         out = alg.update(batches(dataset, per_domain=per_domain, seed=1))  # delta starts at 0
-    expected = {"loss", "rel_perturbation"} | ({"clean_loss", "perturbed_loss"} if alg.PGD else set())
-    if alg.hparams.get("lpa_mode") == "amortized":  # no clean pass to read a clean loss from
-        expected.discard("clean_loss")
+    searched = {"clean_loss", "perturbed_loss"}
+    expected = {"loss", "rel_perturbation"} | (searched if alg.search_steps > 0 else set())
     assert expected <= set(out)
+    if alg.hparams.get("lpa_mode") == "amortized":  # no search: nothing to report from one
+        assert not searched & set(out), out
     assert all(torch.isfinite(torch.tensor(v)) for v in out.values()), out
     assert out["rel_perturbation"] > 0
     changed = [k for k, v in alg.named_parameters() if not torch.equal(v, before[k])]
@@ -122,8 +129,8 @@ def test_probe_leaves_every_piece_of_state_unchanged(name, offline_resnet):
     result = alg.probe(x, y)
     assert_same(before, snapshot(alg))
     assert torch.equal(rng, torch.get_rng_state())
-    perturbed = result.perturbed if isinstance(result.perturbed, list) else [result.perturbed]
-    clean = result.clean if isinstance(result.clean, list) else [result.clean]
+    perturbed = list(result.perturbed.values())
+    clean = list(result.clean.values())
     assert len(perturbed) == len(result.layers) == len(clean)
     assert all(p.shape == c.shape for p, c in zip(perturbed, clean))
     for rel in result.rel_perturbation.values():
@@ -177,7 +184,44 @@ def test_default_layers_and_depths(dataset, expected, depth, request):
     ("LPA", "lpa_beta", 1.5), ("LPA", "lpa_mode", "fast"), ("LPA", "lpa_split", "x"),
     ("LPA", "lpa_lowrank", 2.0), ("Dropout", "dropout_p", 1.0), ("Dropout", "dropout_p", -0.1),
     ("Dropout", "dropout_kind", "pixel"), ("ManifoldMixup", "mmix_alpha", 0.0),
-    ("ADA", "ada_eps", -1.0), ("ADA", "ada_steps", 0)])
+    ("ADA", "ada_eps", -1.0), ("ADA", "ada_steps", 0), ("LPA", "lpa_bn_stats", "running")])
 def test_invalid_hparams_raise_naming_the_hparam(name, hparam, value):
     with pytest.raises(ValueError, match=hparam):
         make(name, **{hparam: value})
+
+
+def test_only_searching_methods_keep_records_for_the_tail():
+    searching = {"LPA", "LPL", "LPA_LPL", "ADA"}
+    for name in algorithm_names():
+        alg = make(name)
+        assert any(alg.uses_tail(c) for c in alg.cuts) == (name in searching), name
+        assert (alg.search_steps > 0) == (name in searching), name
+
+
+@pytest.mark.parametrize("name,hparams", [("LPA", {"lr": 1e30}), ("Dropout", {"lr": 1e30})])
+def test_a_non_finite_training_loss_stops_the_run_naming_step_and_hparams(name, hparams):
+    from lpa_domainbed.algorithms.base import NonFiniteLossError
+
+    alg = make(name, **hparams)
+    with pytest.raises(NonFiniteLossError) as error:
+        for seed in range(5):  # the first update is finite; the huge step then overflows
+            alg.update(batches(seed=seed))
+    message = str(error.value)
+    assert f"at step {alg.steps_done}" in message and "lr=1e+30" in message, message
+    assert isinstance(error.value, FloatingPointError)
+
+
+def test_a_perturbation_that_returns_inf_stops_the_first_update():
+    from lpa_domainbed.algorithms.base import ActivationPerturbation, NonFiniteLossError
+    from domainbed.hparams_registry import default_hparams
+
+    class Infinite(ActivationPerturbation):
+        def perturb(self, a, y, ctx):
+            return a + float("inf")
+
+    alg = Infinite((64,), 4, 2, default_hparams("ERM", "RotatedDigits"))
+    before = snapshot(alg)["params"]
+    with pytest.raises(NonFiniteLossError, match="Infinite: the training loss is nan at step 0"):
+        alg.update(batches())
+    assert all(torch.equal(v, before[k]) for k, v in alg.named_parameters())  # no step taken
+    assert alg.steps_done == 0

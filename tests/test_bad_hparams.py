@@ -29,6 +29,8 @@ ROWS = [
      "--test_envs 7: RotatedDigits has no such domain; valid indices are 0, 1, 2, 3"),
     ("ERM", None, ["--test_envs", "-1"], 1, "--test_envs -1: RotatedDigits has no such domain"),
     ("ERM", None, ["--holdout_fraction", "1.0"], 1, "--holdout_fraction holds every example"),
+    # a run whose training loss overflows stops instead of finishing a meaningless run
+    ("LPA", {"lr": 1e30}, ["--steps", "3"], 1, "LPA: the training loss is nan at step 1"),
     # a name of the user's own, and an int where a float is expected, train normally
     ("LPA", {"user_note": "mine", "lpa_eps": 1}, [], 0, "user_note: mine"),
 ]
@@ -81,4 +83,15 @@ def test_the_train_script_process_exits_non_zero_and_writes_no_done(tmp_path):
                       *train_args(tmp_path, 0, "LPA", {"lpa_epss": 0.25}, [])], cwd=tmp_path)
     assert out.returncode != 0
     assert "Did you mean 'lpa_eps'" in out.stdout + out.stderr  # train.py tees stderr to stdout
+    assert not (tmp_path / "run0" / "done").exists()
+
+
+def test_a_non_finite_loss_ends_the_train_script_non_zero_without_done(tmp_path):
+    out = run_python(["-m", "domainbed.scripts.train",
+                      *train_args(tmp_path, 0, "LPA", {"lr": 1e30}, ["--steps", "3"])],
+                     cwd=tmp_path)
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert "NonFiniteLossError" in text and "the training loss is nan at step 1" in text, text[-3000:]
+    assert "lr=1e+30" in text
     assert not (tmp_path / "run0" / "done").exists()

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from conftest import requires_domainbed
-from test_algorithms import batches, make
+from test_algorithms import batches, make, one
 
 pytestmark = requires_domainbed
 torch = pytest.importorskip("torch")
@@ -27,8 +27,8 @@ def test_one_step_gives_the_normalized_class_gradient_times_the_radius():
     x, y = batches(per_domain=12)[0]
     a, g = class_mean_gradient(alg, x, y)
     result = alg.probe(x, y)
-    delta = result.perturbed - result.clean
-    assert torch.allclose(result.clean, a, atol=1e-6)
+    delta = one(result.perturbed) - one(result.clean)
+    assert torch.allclose(one(result.clean), a, atol=1e-6)
     for c, g_c in g.items():
         radius = 0.5 ** 1 * 0.2 * a[y == c].norm(dim=1).mean()  # beta^(L-l) eps mean|a_c|
         expected = radius * g_c / g_c.norm()
@@ -39,8 +39,8 @@ def test_every_sample_of_a_class_gets_the_same_delta_within_the_bound():
     alg = make("LPA", "Debug28", lpa_eps=0.3)
     x, y = batches("Debug28", per_domain=8)[0]
     result = alg.probe(x, y)
-    delta = (result.perturbed - result.clean).flatten(1)
-    norms = result.clean.flatten(1).norm(dim=1)
+    delta = (one(result.perturbed) - one(result.clean)).flatten(1)
+    norms = one(result.clean).flatten(1).norm(dim=1)
     for c in y.unique():
         rows = delta[y == c]
         assert torch.allclose(rows, rows[0].expand_as(rows), atol=1e-6)
@@ -85,11 +85,11 @@ def test_absent_classes_single_samples_and_zero_gradients_give_no_nan():
     x = torch.randn(3, 64)
     y = torch.tensor([0, 0, 3])  # classes 1, 2, 4 absent; class 3 has one sample
     r = alg.probe(x, y)
-    assert torch.isfinite(r.perturbed).all()
+    assert torch.isfinite(one(r.perturbed)).all()
     with torch.no_grad():
         alg.classifier.weight.zero_()  # dl/da = W^T (p - e_y) = 0
     r = alg.probe(x, y)
-    assert torch.equal(r.perturbed, r.clean)
+    assert torch.equal(one(r.perturbed), one(r.clean))
     out = alg.update([(x, y)])
     assert all(math.isfinite(v) for v in out.values())
 
@@ -99,14 +99,14 @@ def test_half_precision_activations(name):
     alg = make(name).to(torch.bfloat16)
     x, y = batches()[0]
     r = alg.probe(x.to(torch.bfloat16), y)
-    assert r.perturbed.dtype == torch.bfloat16 and torch.isfinite(r.perturbed.float()).all()
+    assert one(r.perturbed).dtype == torch.bfloat16 and torch.isfinite(one(r.perturbed).float()).all()
 
 
 def test_lowrank_spatial_perturbation_has_the_requested_rank():
     alg = make("LPA", "Debug28", lpa_lowrank=0.05)
     x, y = batches("Debug28", per_domain=8)[0]
     r = alg.probe(x, y)
-    delta = r.perturbed - r.clean  # [B, 128, 14, 14]
+    delta = one(r.perturbed) - one(r.clean)  # [B, 128, 14, 14]
     k = max(1, round(0.05 * min(128, 14 * 14)))
     for c in y.unique():
         m = delta[y == c][0].reshape(128, -1)
@@ -123,7 +123,7 @@ def test_lowrank_flat_perturbation_lies_in_the_top_singular_subspace():
     losses = F.cross_entropy(alg.classifier(feats), y, reduction="none")
     (g,) = torch.autograd.grad(losses.sum(), feats)
     r = alg.probe(x, y)
-    delta = r.perturbed - r.clean
+    delta = one(r.perturbed) - one(r.clean)
     classes, groups = torch.unique(y, return_inverse=True)
     basis = pgd.flat_basis(g, groups, len(classes), 0.5)
     for i, c in enumerate(classes):
@@ -227,6 +227,6 @@ def test_ada_perturbs_each_sample_to_its_own_ball_and_trains_on_both_losses():
     alg = make("ADA", ada_eps=0.2, ada_clean_weight=0.5)
     x, y = batches()[0]
     r = alg.probe(x, y)
-    delta = (r.perturbed - r.clean).flatten(1)
-    assert torch.allclose(delta.norm(dim=1), 0.2 * r.clean.flatten(1).norm(dim=1), rtol=1e-4)
+    delta = (one(r.perturbed) - one(r.clean)).flatten(1)
+    assert torch.allclose(delta.norm(dim=1), 0.2 * one(r.clean).flatten(1).norm(dim=1), rtol=1e-4)
     assert (r.perturbed_loss >= r.clean_loss - 1e-6).all()

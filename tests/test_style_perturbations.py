@@ -23,9 +23,7 @@ def test_only_channel_statistics_change(name, p, dataset):
     alg = make(name, dataset, **{p: 1.0})
     x, y = batches(dataset, per_domain=8)[0]
     r = alg.probe(x, y)
-    clean = r.clean if isinstance(r.clean, list) else [r.clean]
-    perturbed = r.perturbed if isinstance(r.perturbed, list) else [r.perturbed]
-    for a, a_tilde in zip(clean, perturbed):
+    for a, a_tilde in zip(r.clean.values(), r.perturbed.values()):
         assert not torch.allclose(a, a_tilde)
         assert torch.allclose(standardized(a), standardized(a_tilde), atol=2e-3)
 
@@ -35,7 +33,7 @@ def test_identity_when_probability_is_zero(name, p):
     alg = make(name, "Debug28", **{p: 0.0})
     x, y = batches("Debug28")[0]
     r = alg.probe(x, y)
-    for a, a_tilde in zip(r.clean, r.perturbed):
+    for a, a_tilde in zip(r.clean.values(), r.perturbed.values()):
         assert torch.equal(a, a_tilde)
 
 

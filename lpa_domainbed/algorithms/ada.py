@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 from lpa_domainbed import hparams as hp
 from lpa_domainbed.algorithms import ALGORITHMS
-from lpa_domainbed.algorithms.base import (ActivationPerturbation, flat_norms, merge_specs,
-                                           require)
+from lpa_domainbed.algorithms.base import ActivationPerturbation, flat_norms, require
+from lpa_domainbed.hparams import merge_specs
 from lpa_domainbed.perturb import pgd
 
 __all__ = ["ADA"]
@@ -27,8 +27,6 @@ __all__ = ["ADA"]
 @ALGORITHMS.register("ADA")
 class ADA(ActivationPerturbation):
     """Sample-level, loss-maximizing perturbation (eq. 5)."""
-
-    PGD = True
 
     @classmethod
     def hparam_specs(cls, dataset=None):
@@ -45,6 +43,9 @@ class ADA(ActivationPerturbation):
                 "an integer T >= 1")
         require(h, "ada_clean_weight", 0 <= h["ada_clean_weight"] <= 1, "a weight in [0, 1]")
 
+    def uses_tail(self, cut):
+        return True  # the PGD search evaluates the tail at every cut
+
     @property
     def search_steps(self) -> int:
         """``T`` (ada_steps): the PGD search evaluates the tail T times per update."""
@@ -60,8 +61,7 @@ class ADA(ActivationPerturbation):
             clean_graph=keep_clean)
         if keep_clean:
             ctx.scratch.setdefault("clean_losses", []).append(clean)
-        if ctx.clean_losses is None:
-            ctx.clean_losses = clean.detach()
+        ctx.clean_losses[ctx.cut.name] = clean.detach()
         return a + delta.to(a.dtype)
 
     def loss(self, logits, y, ctx):

@@ -16,20 +16,21 @@ concatenated), ``[B, ...]``; ``y`` is ``[B]``; ``ctx.domains`` is ``[B]``.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, ClassVar
-
 import torch
 import torch.nn.functional as F
 from domainbed.algorithms import ERM
 
 from lpa_domainbed import hparams as hp
-from lpa_domainbed.hparams import merge_specs  # re-exported: subclasses import it from here
+from lpa_domainbed.algorithms.context import PerturbContext, ProbeResult
 from lpa_domainbed.perturb.layers import Cut, resolve_cuts
-from lpa_domainbed.perturb.tail import CutForward, frozen_batchnorm_stats
+from lpa_domainbed.perturb.tail import CutForward
 
-__all__ = ["ActivationPerturbation", "PerturbContext", "ProbeResult", "merge_specs",
-           "require"]
+__all__ = ["ActivationPerturbation", "NonFiniteLossError", "PerturbContext", "ProbeResult",
+           "flat_norms", "require"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite: the rest of the run would mean nothing."""
 
 
 def require(hparams: dict, name: str, ok: bool, expected: str):
@@ -37,71 +38,6 @@ def require(hparams: dict, name: str, ok: bool, expected: str):
     if not ok:
         raise ValueError(f"hparam {name}={hparams.get(name)!r} is invalid: expected {expected}. "
                          f"Fix it in --hparams or the sweep's hparams.")
-
-
-@dataclasses.dataclass
-class PerturbContext:
-    """What :meth:`ActivationPerturbation.perturb` knows besides the activation.
-
-    Attributes:
-        cut: the layer being perturbed (``name``, ``depth`` = L - l).
-        y: labels ``[B]``.
-        domains: training-domain index of each sample ``[B]``.
-        step: number of updates done so far.
-        training: True inside ``update()``; False inside ``probe()``, where an algorithm must
-            not change its own state (running statistics, stored perturbations).
-        scratch: per-pass storage shared by ``perturb``, ``loss`` and ``after_backward``.
-        clean, perturbed: ``{layer: activation}`` before/after perturbation, kept in
-            ``probe()`` only (in ``update()`` holding them would keep two activations alive
-            through the whole backward pass).
-        rel: ``{layer: [B]}`` per-sample ``|a~ - a| / |a|``, computed when the layer fires.
-        clean_losses, clean_logits: per-sample clean losses / clean logits ``[B, C]`` (no
-            graph), where an algorithm computed them (PGD's first step evaluates ``a``).
-        logits: the perturbed training logits (set by ``update()`` after the pass).
-    """
-
-    y: torch.Tensor
-    domains: torch.Tensor
-    step: int
-    training: bool
-    forward: CutForward
-    cut: Cut | None = None
-    scratch: dict = dataclasses.field(default_factory=dict)
-    clean: dict = dataclasses.field(default_factory=dict)
-    perturbed: dict = dataclasses.field(default_factory=dict)
-    rel: dict = dataclasses.field(default_factory=dict)
-    clean_losses: torch.Tensor | None = None
-    clean_logits: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-
-    def tail(self, z: torch.Tensor, detach_head: bool = True) -> torch.Tensor:
-        """Logits ``f_{l+1:L}(z)`` for activation ``z`` at the current cut; see
-        :meth:`lpa_domainbed.perturb.tail.CutForward.tail`. State-free, no parameter grads."""
-        return self.forward.tail(z, self.cut, detach_head)
-
-
-@dataclasses.dataclass
-class ProbeResult:
-    """What one training update would do to a batch, computed without changing any state.
-
-    Attributes:
-        layers: the perturbed layers' names.
-        clean, perturbed: activations at the cut before/after perturbation (one tensor; a list
-            of tensors, one per layer, when several layers are perturbed).
-        rel_perturbation: ``{layer: [C]}``, per class ``E|a~ - a| / E|a|`` (paper Figure 1);
-            NaN for classes absent from the batch.
-        clean_loss, perturbed_loss: ``[C]`` per-class mean cross-entropy without and with the
-            perturbation.
-        counts: ``[C]`` samples per class.
-    """
-
-    layers: list[str]
-    clean: Any
-    perturbed: Any
-    rel_perturbation: dict[str, torch.Tensor]
-    clean_loss: torch.Tensor
-    perturbed_loss: torch.Tensor
-    counts: torch.Tensor
 
 
 def _per_class_mean(values: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -127,9 +63,6 @@ class ActivationPerturbation(ERM):
     Args (DomainBed's): input_shape, num_classes, num_domains, hparams. Missing hparams of
     this package take their defaults.
     """
-
-    #: PGD-based methods also report ``clean_loss`` and ``perturbed_loss``.
-    PGD: ClassVar[bool] = False
 
     @classmethod
     def hparam_specs(cls, dataset: str | None = None) -> list[hp.HParam]:
@@ -173,14 +106,15 @@ class ActivationPerturbation(ERM):
     def search_steps(self) -> int:
         """Tail evaluations per cut that the perturbation search runs in one update (the
         ``T`` of exact PGD, eqs. 9-11); 0 when no search runs. The benchmark's analytic
-        floor ``1 + T t_tail / t_step`` reads it."""
+        floor ``1 + T t_tail / t_step`` reads it, and ``update()`` reports the search's
+        ``clean_loss`` / ``perturbed_loss`` only when it is positive."""
         return 0
 
     def uses_tail(self, cut: Cut) -> bool:
-        """Whether :meth:`perturb` may call ``ctx.tail`` at ``cut``. The forward pass keeps the
-        outputs the tail replays only for such layers; return False (as Dropout, Manifold
-        Mixup, MixStyle, DSU and amortized LPA do) to save that memory."""
-        return True
+        """Whether :meth:`perturb` may call ``ctx.tail`` at ``cut`` (default False). The
+        forward pass keeps the outputs the tail replays only for such layers, so the default
+        costs no memory; a method that searches (LPA, ADA) opts in."""
+        return False
 
     # -- the plumbing ----------------------------------------------------------------------
     def _perturbed_pass(self, x, y, domains, training: bool):
@@ -226,17 +160,26 @@ class ActivationPerturbation(ERM):
         logits, ctx = self._perturbed_pass(x, y, domains, training=True)
         ctx.logits = logits
         loss = self.loss(logits, y, ctx)
+        if not torch.isfinite(loss.detach()):
+            raise self._non_finite(loss)
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
         self.after_backward(ctx)
         self.steps_done += 1
         out = {"loss": loss.item(), "rel_perturbation": self._rel_perturbation(ctx).mean().item()}
-        if self.PGD:
+        if self.search_steps > 0:
             out["perturbed_loss"] = F.cross_entropy(logits.detach().float(), y).item()
-            if ctx.clean_losses is not None:
-                out["clean_loss"] = ctx.clean_losses.float().mean().item()
+            if ctx.clean_losses:  # the first search's, in the order the layers fire
+                out["clean_loss"] = next(iter(ctx.clean_losses.values())).float().mean().item()
         return out
+
+    def _non_finite(self, loss: torch.Tensor) -> NonFiniteLossError:
+        hparams = ", ".join(f"{k}={v!r}" for k, v in sorted(self.hparams.items()))
+        return NonFiniteLossError(
+            f"{type(self).__name__}: the training loss is {loss.item()} at step "
+            f"{self.steps_done}, so the rest of this run would mean nothing; it is stopped. "
+            f"Lower the learning rate or the perturbation's size. hparams: {{{hparams}}}")
 
     def probe(self, x: torch.Tensor, y: torch.Tensor, domains: torch.Tensor | None = None
               ) -> ProbeResult:
@@ -250,10 +193,9 @@ class ActivationPerturbation(ERM):
             domains = torch.zeros_like(y)
         was_training = self.training
         devices = [x.device.index or 0] if x.device.type == "cuda" else []
-        batchnorms = self._cut_forward._batchnorms
         try:
             self.train()
-            with torch.random.fork_rng(devices=devices), frozen_batchnorm_stats(batchnorms):
+            with torch.random.fork_rng(devices=devices), self._cut_forward.frozen_statistics():
                 logits, ctx = self._perturbed_pass(x, y, domains, training=False)
                 with torch.no_grad():
                     clean_logits = self.network(x)
@@ -265,13 +207,11 @@ class ActivationPerturbation(ERM):
             norms = _per_class_mean(flat_norms(ctx.clean[name]), y, C)
             delta = _per_class_mean(flat_norms(ctx.perturbed[name] - ctx.clean[name]), y, C)
             rel[name] = delta / norms.clamp_min(1e-12)
-        clean = [a.detach() for a in ctx.clean.values()]
-        perturbed = [a.detach() for a in ctx.perturbed.values()]
-        if len(clean) == 1:
-            clean, perturbed = clean[0], perturbed[0]
         return ProbeResult(
-            layers=list(ctx.clean), clean=clean, perturbed=perturbed, rel_perturbation=rel,
-            clean_loss=_per_class_mean(F.cross_entropy(clean_logits.float(), y, reduction="none"), y, C),
+            layers=list(ctx.clean), clean=dict(ctx.clean), perturbed=dict(ctx.perturbed),
+            rel_perturbation=rel,
+            clean_loss=_per_class_mean(
+                F.cross_entropy(clean_logits.float(), y, reduction="none"), y, C),
             perturbed_loss=_per_class_mean(
                 F.cross_entropy(logits.detach().float(), y, reduction="none"), y, C),
             counts=torch.bincount(y, minlength=C))

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from lpa_domainbed import hparams as hp
 from lpa_domainbed.algorithms import ALGORITHMS
-from lpa_domainbed.algorithms.base import ActivationPerturbation, merge_specs, require
+from lpa_domainbed.algorithms.base import ActivationPerturbation, require
+from lpa_domainbed.hparams import merge_specs
 
 __all__ = ["Dropout", "dropout_mask"]
 
@@ -79,9 +80,6 @@ class Dropout(ActivationPerturbation):
         require(h, "dropout_p", 0 <= h["dropout_p"] < 1, "a drop rate in [0, 1)")
         require(h, "dropout_kind", h["dropout_kind"] in KINDS, f"one of {KINDS}")
         require(h, "dropout_block_size", int(h["dropout_block_size"]) >= 1, "an integer >= 1")
-
-    def uses_tail(self, cut):
-        return False
 
     def perturb(self, a, y, ctx):
         h = self.hparams

@@ -18,7 +18,8 @@ from torch.utils.checkpoint import checkpoint
 
 from lpa_domainbed import hparams as hp
 from lpa_domainbed.algorithms import ALGORITHMS
-from lpa_domainbed.algorithms.base import ActivationPerturbation, merge_specs, require
+from lpa_domainbed.algorithms.base import ActivationPerturbation, require
+from lpa_domainbed.hparams import merge_specs
 from lpa_domainbed.perturb.statistics import channel_stats, channel_view
 
 __all__ = ["DSU"]
@@ -42,9 +43,6 @@ class DSU(ActivationPerturbation):
         h = self.hparams
         require(h, "dsu_p", 0 <= h["dsu_p"] <= 1, "a probability in [0, 1]")
         require(h, "dsu_factor", h["dsu_factor"] >= 0, "a factor >= 0")
-
-    def uses_tail(self, cut):
-        return False
 
     def perturb(self, a, y, ctx):
         if float(torch.rand(())) >= self.hparams["dsu_p"]:

@@ -32,8 +32,8 @@ import torch
 
 from lpa_domainbed import hparams as hp
 from lpa_domainbed.algorithms import ALGORITHMS
-from lpa_domainbed.algorithms.base import (ActivationPerturbation, flat_norms, merge_specs,
-                                           require)
+from lpa_domainbed.algorithms.base import ActivationPerturbation, flat_norms, require
+from lpa_domainbed.hparams import merge_specs
 from lpa_domainbed.perturb import pgd
 
 __all__ = ["LPA", "LPL", "LPA_LPL", "LPA_Amortized"]
@@ -43,6 +43,7 @@ BOUNDS = ("fixed", "varied")
 RADII = ("relative", "absolute")
 MODES = ("exact", "amortized")
 LAYER_SELECTION = ("fixed", "adaptive")
+BN_STATS = ("batch", "clean")
 
 
 def _keep_group_mean(store: dict, groups, num_groups: int, grad: torch.Tensor) -> None:
@@ -53,8 +54,6 @@ def _keep_group_mean(store: dict, groups, num_groups: int, grad: torch.Tensor) -
 @ALGORITHMS.register("LPA")
 class LPA(ActivationPerturbation):
     """Class-level learned activation perturbation (paper Algorithm 1). See module docs."""
-
-    PGD = True
 
     @classmethod
     def hparam_specs(cls, dataset=None):
@@ -74,6 +73,8 @@ class LPA(ActivationPerturbation):
                       "fixed | adaptive (eq. 13, among perturb_layer's layers)"),
             hp.HParam("lpa_select_every", 100, hp.fixed(100), "K: adaptive re-selection period"),
             hp.HParam("lpa_stat_momentum", 0.9, hp.fixed(0.9), "EMA momentum of s_c"),
+            hp.HParam("lpa_bn_stats", "batch", hp.fixed("batch"),
+                      "BatchNorm statistics in the search: batch | clean (ours)"),
         ])
 
     def check_hparams(self):
@@ -88,7 +89,8 @@ class LPA(ActivationPerturbation):
         require(h, "lpa_select_every", int(h["lpa_select_every"]) >= 1, "an integer K >= 1")
         for name, allowed in (("lpa_split", SPLITS), ("lpa_bound", BOUNDS),
                               ("lpa_radius", RADII), ("lpa_mode", MODES),
-                              ("lpa_layer_select", LAYER_SELECTION)):
+                              ("lpa_layer_select", LAYER_SELECTION),
+                              ("lpa_bn_stats", BN_STATS)):
             require(h, name, h[name] in allowed, f"one of {allowed}")
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
@@ -160,16 +162,19 @@ class LPA(ActivationPerturbation):
                     ctx.clean_logits = ctx.tail(a.detach()).detach()
             return self._perturb_amortized(a, y, ctx, classes, groups, radius, sign)
         first = ctx.clean_logits is None  # earlier cuts unperturbed: the first tail is clean
+        # "clean": PGD's first evaluation (z = a) fixes the BatchNorm statistics, so class c's
+        # direction g_c no longer moves with the other classes' perturbations.
+        bn_stats = {} if self.hparams["lpa_bn_stats"] == "clean" else None
 
         def tail(z):
-            logits = ctx.tail(z)
+            logits = ctx.tail(z, bn_stats=bn_stats)
             if first and ctx.clean_logits is None:  # PGD's t = 0 evaluates z = a
                 ctx.clean_logits = logits.detach()
             return logits
 
         delta, clean = pgd.l2_pgd(tail, a, y, groups, radius, sign,
                                   int(self.hparams["lpa_steps"]), self.hparams["lpa_lowrank"])
-        ctx.clean_losses = clean if ctx.clean_losses is None else ctx.clean_losses
+        ctx.clean_losses[ctx.cut.name] = clean
         return a + delta[groups].to(a.dtype)
 
     def _perturb_amortized(self, a, y, ctx, classes, groups, radius, sign):

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from lpa_domainbed import hparams as hp
 from lpa_domainbed.algorithms import ALGORITHMS
-from lpa_domainbed.algorithms.base import ActivationPerturbation, merge_specs, require
+from lpa_domainbed.algorithms.base import ActivationPerturbation, require
+from lpa_domainbed.hparams import merge_specs
 
 __all__ = ["ManifoldMixup"]
 
@@ -48,9 +49,6 @@ class ManifoldMixup(ActivationPerturbation):
         if len(self.cuts) == 1:
             return self.cuts
         return [self.cuts[int(torch.randint(len(self.cuts), ()))]]  # seeded by train.py
-
-    def uses_tail(self, cut):
-        return False
 
     def perturb(self, a, y, ctx):
         lam = float(np.random.beta(self.hparams["mmix_alpha"], self.hparams["mmix_alpha"]))

@@ -19,7 +19,8 @@ import torch
 
 from lpa_domainbed import hparams as hp
 from lpa_domainbed.algorithms import ALGORITHMS
-from lpa_domainbed.algorithms.base import ActivationPerturbation, merge_specs, require
+from lpa_domainbed.algorithms.base import ActivationPerturbation, require
+from lpa_domainbed.hparams import merge_specs
 from lpa_domainbed.perturb.statistics import channel_stats, channel_view
 
 __all__ = ["MixStyle", "cross_domain_partners"]
@@ -57,9 +58,6 @@ class MixStyle(ActivationPerturbation):
         require(h, "mixstyle_p", 0 <= h["mixstyle_p"] <= 1, "a probability in [0, 1]")
         require(h, "mixstyle_alpha", h["mixstyle_alpha"] > 0, "alpha > 0")
         require(h, "mixstyle_mix", h["mixstyle_mix"] in MIXES, f"one of {MIXES}")
-
-    def uses_tail(self, cut):
-        return False
 
     def perturb(self, a, y, ctx):
         h = self.hparams

@@ -13,6 +13,8 @@ included.
 Tail evaluations leave the network's state untouched: BatchNorm layers still normalize with
 batch statistics in training mode but do not update their running statistics, and nothing
 writes ``.grad`` (callers differentiate with ``torch.autograd.grad`` w.r.t. ``z`` only).
+With ``tail(..., bn_stats={})`` the BatchNorm layers after the cut instead normalize with
+statistics held constant: those of the first evaluation that fills the dict (PGD's clean one).
 
 Memory. Recorded outputs are kept only for the cuts whose ``on_cut`` may call :meth:`tail`
 (``run(..., tail_cuts=...)``) and only until the last of them has fired.
@@ -31,6 +33,7 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from lpa_domainbed.perturb.layers import Cut
 
@@ -94,6 +97,18 @@ def _replayer(outputs: list, original: Callable) -> Callable:
     return forward
 
 
+def _constant_stats_batchnorm(bn, stats: dict, x: torch.Tensor) -> torch.Tensor:
+    """``bn`` in train mode with its batch statistics taken as constants: recorded (without
+    graph) on the first call for a given ``stats`` dict, reused on later calls."""
+    if bn not in stats:
+        dims = [0, *range(2, x.dim())]
+        detached = x.detach().float()
+        stats[bn] = (detached.mean(dims), detached.var(dims, unbiased=False))  # as BN's forward
+    mean, var = stats[bn]
+    return F.batch_norm(x, mean.to(x.dtype), var.to(x.dtype), bn.weight, bn.bias,
+                        training=False, eps=bn.eps)
+
+
 class CutForward:
     """Run ``root`` with a hook at each cut that may replace the cut's output.
 
@@ -131,6 +146,12 @@ class CutForward:
         self._tail_cuts: set[str] = set()
         self._pending: set[str] = set()  # tail cuts (not at the logits) yet to fire
         self._recording = False
+
+    def frozen_statistics(self):
+        """Context manager: forward passes inside keep BatchNorm's behaviour (batch statistics
+        in train mode) but leave its running statistics unchanged, e.g. for state-free
+        diagnostics."""
+        return frozen_batchnorm_stats(self._batchnorms)
 
     # -- the real pass ---------------------------------------------------------------------
     def run(self, x: torch.Tensor, on_cut: Callable, tail_cuts=None) -> torch.Tensor:
@@ -195,13 +216,20 @@ class CutForward:
         self._seq += 1
 
     # -- tail evaluations ------------------------------------------------------------------
-    def tail(self, z: torch.Tensor, cut: Cut, detach_head: bool = True) -> torch.Tensor:
+    def tail(self, z: torch.Tensor, cut: Cut, detach_head: bool = True,
+             bn_stats: dict | None = None) -> torch.Tensor:
         """Logits ``f_{l+1:L}(z)`` for the activation ``z`` at ``cut`` (paper eq. 2).
 
         Nothing before the cut is recomputed. With ``detach_head`` (PGD searches) the
         replayed outputs carry no graph, so gradients reach ``z`` only; without it, a
         backward from the result also reaches the layers before the cut.
         Later cuts are not perturbed in a tail evaluation.
+
+        ``bn_stats``: None (default) lets BatchNorm layers in train mode normalize with this
+        evaluation's batch statistics, through which every sample's loss depends on every
+        other sample's activation. A dict makes them constants: an empty dict is filled with
+        this evaluation's batch statistics (detached), later evaluations given the same dict
+        reuse them, so each sample's loss depends on its own activation only.
         """
         if cut.is_logits:
             return z
@@ -209,13 +237,14 @@ class CutForward:
             raise RuntimeError(
                 f"tail() at {cut.name!r}: this pass kept no records for it (it was not in "
                 f"run(..., tail_cuts=...); for an ActivationPerturbation, uses_tail() "
-                f"returned False for this layer)")
+                f"returned False for this layer: override uses_tail() to return True where "
+                f"perturb() calls ctx.tail)")
         if cut.name not in self._fired or cut.name not in self._pending:
             raise RuntimeError(f"tail() at {cut.name!r} is only available inside its on_cut")
         fired_at = self._fired[cut.name]
-        return self._evaluate(cut, fired_at, z, detach_head)
+        return self._evaluate(cut, fired_at, z, detach_head, bn_stats)
 
-    def _evaluate(self, cut, fired_at, z, detach_head):
+    def _evaluate(self, cut, fired_at, z, detach_head, bn_stats):
         patches, versions = {}, []
         for module, records in self._records.items():
             outputs = [_detach(o) if detach_head else o
@@ -231,6 +260,10 @@ class CutForward:
                                                                    **kwargs)
         else:
             patches[cut.module] = lambda *args, **kwargs: z.clone()
+        if bn_stats is not None:
+            for bn in self._batchnorms:
+                if bn.training and bn not in patches:
+                    patches[bn] = functools.partial(_constant_stats_batchnorm, bn, bn_stats)
         self._in_tail = True
         try:
             with _patched_forwards(patches), frozen_batchnorm_stats(self._batchnorms):

@@ -40,11 +40,12 @@ def measure(steps: int = 300, seed: int = 0, eps: float = 0.3) -> dict:
     x = torch.cat([e[0] for e in envs])
     y = torch.cat([e[1] for e in envs])
     r = alg.probe(x, y)
+    clean, perturbed = r.clean[r.layers[0]], r.perturbed[r.layers[0]]  # the default layer
     positive = alg.positive_classes()
     out = {"positive": [], "negative": []}
     for c in range(10):
         rows = y == c
-        ratio = float(r.perturbed[rows].norm(dim=1).mean() / r.clean[rows].norm(dim=1).mean())
+        ratio = float(perturbed[rows].norm(dim=1).mean() / clean[rows].norm(dim=1).mean())
         out["positive" if positive[c] else "negative"].append(round(ratio, 4))
     return out
 

@@ -10,9 +10,9 @@ trainer, which is proven equal to ``domainbed.scripts.train`` for the registered
 
 from __future__ import annotations
 
-from lpa_domainbed.algorithms.base import merge_specs
 from lpa_domainbed.algorithms.dropout import Dropout, dropout_mask
 from lpa_domainbed.algorithms.lpa import LPA
+from lpa_domainbed.hparams import merge_specs
 
 __all__ = ["LPADropout"]
 

@@ -61,9 +61,8 @@ def _probe_held_out(algorithm, split, batch_size: int, num_classes: int, device:
     for start in range(0, n, batch_size):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
         result = _rng_neutral(algorithm.probe, xb, yb)
-        clean = result.clean if isinstance(result.clean, list) else [result.clean]
-        perturbed = result.perturbed if isinstance(result.perturbed, list) else [result.perturbed]
-        for name, a, a_tilde in zip(result.layers, clean, perturbed):
+        for name in result.layers:
+            a, a_tilde = result.clean[name], result.perturbed[name]
             delta_sum, clean_sum, count = sums.setdefault(
                 name, [torch.zeros(num_classes), torch.zeros(num_classes),
                        torch.zeros(num_classes)])
