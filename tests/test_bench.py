@@ -140,3 +140,18 @@ def test_peak_memory_sees_the_update_allocations():
     assert mem["resident_bytes"] >= 4 * params  # weights, grads, Adam's two moments
     # the forward pass keeps at least the first convolution's 64x28x28 output per image
     assert mem["transient_bytes"] >= 6 * 64 * 28 * 28 * 4
+
+
+def test_random_weights_are_the_same_on_every_call(tmp_path):
+    """Seed 0 means the same weights each time (tests and the benchmark rely on it)."""
+    import torch
+
+    from lpa_domainbed.tools.bench.weights import write_random_weights
+
+    files = []
+    for i in range(2):
+        home = write_random_weights(tmp_path / str(i), ("resnet18",))
+        (path,) = (home / "hub" / "checkpoints").iterdir()
+        files.append(torch.load(path))
+    assert files[0].keys() == files[1].keys()
+    assert all(torch.equal(files[0][k], files[1][k]) for k in files[0])

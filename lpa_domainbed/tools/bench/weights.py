@@ -49,8 +49,8 @@ def write_random_weights(home: Path, archs=ARCHITECTURES) -> Path:
     state = torch.random.get_rng_state()
     try:
         for arch in archs:
+            torch.manual_seed(0)  # before the model is built: its initialization is the draw
             name, model = _weights(arch)
-            torch.manual_seed(0)
             torch.save(model.state_dict(), checkpoints / name)
     finally:
         torch.random.set_rng_state(state)
