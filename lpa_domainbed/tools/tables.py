@@ -26,7 +26,7 @@ from domainbed.scripts.collect_results import format_mean
 from lpa_domainbed.tools.safe_output import OutputError, check_name, staged_directory
 from lpa_domainbed.tools.tables_load import (HOW_TO_GET_RESULTS, INCOMPLETE_KEY, LoadReport,
                                        load_records)
-from lpa_domainbed.tools.tables_write import (CSV_COLUMNS, INCOMPLETE_MARK, OUTPUT_PATTERNS,
+from lpa_domainbed.tools.tables_write import (CSV_COLUMNS, OUTPUT_PATTERNS, format_cell, format_table,
                                         SELECTION_METHODS, compare_with_published,
                                         copy_reference, published_reference, write_comparison,
                                         write_plots, write_selection_files)
@@ -209,31 +209,9 @@ def compute_tables(records, selections=tuple(SELECTION_METHODS)):
 def _tidy_frame(rows):
     frame = pd.DataFrame([{**r, "incomplete_jobs": len(r["jobs"])} for r in rows],
                          columns=CSV_COLUMNS)
-    frame["text"] = [_format_cell(*r) for r in zip(frame["mean"], frame["se"], frame["note"],
+    frame["text"] = [format_cell(*r) for r in zip(frame["mean"], frame["se"], frame["note"],
                                                    frame["n_trials"], frame["incomplete_jobs"])]
     return frame
-
-
-# ----------------------------------------------------------------------------- formatting
-def _format_cell(mean, se, note, n_trials=2, incomplete_jobs=0):
-    """'71.0 ± 0.7', '71.0 ± 0.7, incomplete (1/2 trials)', or just the note; '†' when the
-    number uses records of an incomplete job. One trial has no standard error: its mean is
-    shown alone (DomainBed would print '± 0.0')."""
-    if math.isnan(mean):
-        return note or "X"
-    one = not (n_trials > 1)
-    text = f"{mean:.1f}" if math.isnan(se) or one else f"{mean:.1f} ± {se:.1f}"
-    text += f" {INCOMPLETE_MARK}" if incomplete_jobs else ""
-    return f"{text}, {note}" if note else text
-
-
-def format_table(rows, column):
-    """Pivot tidy rows to a strings table: algorithms x ``column`` values, in input order."""
-    table = rows.pivot(index="algorithm", columns=column, values="text")
-    table = table.reindex(index=list(dict.fromkeys(rows.algorithm)),
-                          columns=list(dict.fromkeys(rows[column])))
-    table.index.name, table.columns.name = "Algorithm", None
-    return table
 
 
 # ----------------------------------------------------------------------------- entry points

@@ -14,6 +14,7 @@ from tabulate import tabulate
 from domainbed import model_selection
 
 __all__ = ["SELECTION_METHODS", "CSV_COLUMNS", "INCOMPLETE_MARK", "OUTPUT_PATTERNS",
+           "format_cell", "format_table",
            "write_selection_files", "write_plots", "write_comparison", "published_reference",
            "copy_reference", "compare_with_published"]
 
@@ -30,6 +31,27 @@ INCOMPLETE_MARK = "†"  # a cell that uses records of an incomplete job
 OUTPUT_PATTERNS = [f"{s}.{ext}" for s in SELECTION_METHODS for ext in ("md", "tex", "csv")] + [
     "*_training_domain_validation.png", "reference_comparison.md",
     "paired_*.md", "paired_*.csv", "paired_*.tex", "paired_*.png"]
+
+
+def format_cell(mean, se, note, n_trials=2, incomplete_jobs=0):
+    """'71.0 ± 0.7', '71.0 ± 0.7, incomplete (1/2 trials)', or just the note; '†' when the
+    number uses records of an incomplete job. One trial has no standard error: its mean is
+    shown alone (DomainBed would print '± 0.0')."""
+    if math.isnan(mean):
+        return note or "X"
+    one = not (n_trials > 1)
+    text = f"{mean:.1f}" if math.isnan(se) or one else f"{mean:.1f} ± {se:.1f}"
+    text += f" {INCOMPLETE_MARK}" if incomplete_jobs else ""
+    return f"{text}, {note}" if note else text
+
+
+def format_table(rows, column):
+    """Pivot tidy rows to a strings table: algorithms x ``column`` values, in input order."""
+    table = rows.pivot(index="algorithm", columns=column, values="text")
+    table = table.reindex(index=list(dict.fromkeys(rows.algorithm)),
+                          columns=list(dict.fromkeys(rows[column])))
+    table.index.name, table.columns.name = "Algorithm", None
+    return table
 
 
 def _latex_escape(text):
