@@ -14,7 +14,7 @@ from lpa_domainbed.tools.runinfo import json_default
 __all__ = ["CACHE_VERSION", "cache_key", "RunCache"]
 
 #: bump when the trainer's output changes, so that old cache entries are not reused.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the MLP cut moved after the ReLU; class accuracy from clean logits
 
 
 def cache_key(spec: RunSpec, settings: Settings, hparams: dict) -> dict:
