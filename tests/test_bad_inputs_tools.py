@@ -1,13 +1,8 @@
 """Bad inputs to the tools (tables, sweep files, the sweep command): each row is an input,
-the expected exit status and a fragment of the message, plus what must (not) be on disk."""
+the expected exit status and a fragment of the message, plus what must (not) be on disk. The
+sweep command after launching: test_sweep_command.py."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 
 import pytest
 
@@ -230,73 +225,3 @@ def test_sweep_command_rejects_bad_files(tmp_path, line, argv, status, fragment,
     err = capsys.readouterr().err
     assert code == status and fragment in err and str(path) in err
     assert not (tmp_path / "o").exists()
-
-
-# ----------------------------------------------------------------------------- sweep command
-SWEEP_RUN_ROWS = [  # (id, launch raises, pre-existing incomplete job, MAKELEVEL, status, fragment)
-    ("jobs failed", None, False, None, 1,
-     "{n} of {n} jobs did not finish"),
-    ("resume command, make form", None, True, "1", 1,
-     "make sweep NAME=demo DATA_DIR=d OUTPUT_DIR=o RESTART_INCOMPLETE=1"),
-    ("resume command, cli form", None, True, None, 1,
-     "lpa-domainbed sweep demo --data_dir d --output_dir o --restart_incomplete"),
-    ("ctrl-c", KeyboardInterrupt, False, None, 130, "interrupted: sweep stopped"),
-]
-
-
-@pytest.mark.parametrize("raises, incomplete, makelevel, status, fragment",
-                         [pytest.param(*r[1:], id=r[0], marks=torch) for r in SWEEP_RUN_ROWS])
-def test_sweep_exit_status_and_resume(tmp_path, monkeypatch, capsys, raises, incomplete,
-                                      makelevel, status, fragment):
-    """DomainBed's launch is replaced by a stand-in that runs no job (as if every job failed,
-    since DomainBed's sweep exits 0 anyway) or is interrupted; the state is DomainBed's own."""
-    from lpa_domainbed.tools import cli, sweeps
-
-    monkeypatch.chdir(tmp_path)
-    if makelevel:
-        monkeypatch.setenv("MAKELEVEL", makelevel)
-    else:
-        monkeypatch.delenv("MAKELEVEL", raising=False)
-    if incomplete:
-        first = sweeps.list_jobs(sweeps.load_sweep("demo"), "d", "o")[0]
-        os.makedirs(first.output_dir)
-        open(os.path.join(first.output_dir, "out.txt"), "w").close()
-
-    def launch(cmd):
-        if raises:
-            raise raises
-
-    monkeypatch.setattr(cli, "run_forwarding_signals", launch)
-    code = cli.main(["sweep", "demo", "--data_dir", "d", "--output_dir", "o"])
-    captured = capsys.readouterr()
-    n_jobs = len(sweeps.list_jobs(sweeps.load_sweep("demo"), "d", "o"))
-    fragment = fragment.format(n=n_jobs)
-    assert code == status and fragment in captured.out + captured.err
-    if raises:
-        assert len(captured.err.strip().splitlines()) == 1  # one line, no traceback
-
-
-def test_signals_reach_the_childs_group_once_and_it_stops_gracefully(tmp_path):
-    """SIGINT to the CLI process is forwarded to the child's process group; the child's own
-    handler runs (it would stop its jobs), then the CLI reports an interruption."""
-    child = tmp_path / "child.py"
-    child.write_text(textwrap.dedent(f"""
-        import signal, sys, time, pathlib
-        got = []
-        signal.signal(signal.SIGINT, lambda s, f: got.append(s))
-        pathlib.Path({str(tmp_path / 'ready')!r}).touch()
-        while not got:
-            time.sleep(0.05)
-        time.sleep(0.3)  # a graceful stop takes a moment; the parent must wait for it
-        pathlib.Path({str(tmp_path / 'stopped')!r}).write_text(str(len(got)))
-    """))
-    parent = (f"import sys\nfrom lpa_domainbed.tools.cli import run_forwarding_signals\n"
-              f"try:\n    run_forwarding_signals([sys.executable, {str(child)!r}])\n"
-              f"except KeyboardInterrupt:\n    sys.exit(130)\n")
-    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while not (tmp_path / "ready").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 130
-    assert (tmp_path / "stopped").read_text() == "1"  # got it once, finished its handler
