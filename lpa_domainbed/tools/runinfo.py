@@ -55,13 +55,17 @@ def machine_line(m: dict) -> str:
 
 
 def git_commit(path) -> str:
-    """Short commit of the repository holding ``path``, ``+uncommitted changes`` when dirty,
-    ``unknown`` outside a git checkout (an installed wheel)."""
+    """Short commit of the repository holding ``path``, ``+uncommitted changes`` when a tracked
+    file outside ``results/`` differs (a run's own outputs there do not count), ``unknown``
+    outside a git checkout (an installed wheel)."""
     try:
         out = subprocess.run(["git", "-C", str(path), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "-C", str(path), "status", "--porcelain",
-                                "--untracked-files=no"], capture_output=True, text=True)
+        top = subprocess.run(["git", "-C", str(path), "rev-parse", "--show-toplevel"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", top, "status", "--porcelain",
+                                "--untracked-files=no", "--", ".", ":(exclude)results"],
+                               capture_output=True, text=True)
         return out.stdout.strip() + ("+uncommitted changes" if dirty.stdout.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
