@@ -6,6 +6,7 @@ arrays' sbatch options. They skip, with the reason shown, when submitit is not i
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import pytest
@@ -63,8 +64,14 @@ def test_submitit_local_ctrl_c_cancels_the_jobs_and_leaves_no_orphan(tmp_path, s
     monkeypatch.setattr(submitit_module, "_sleep", interrupt_once_pids_exist(pid_dir, 4, found))
     commands = [sleeper_command(pid_dir, i) for i in range(2)]
 
-    with pytest.raises(SystemExit) as stop:
-        submitit_module.submitit_launcher(commands)
+    # The hard case: a sweep started in the background by a shell ignores SIGINT, which its
+    # children would inherit, while submitit's local executor cancels jobs with SIGINT.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with pytest.raises(SystemExit) as stop:
+            submitit_module.submitit_launcher(commands)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
     assert stop.value.code == 130
     assert len(found) == 4

@@ -63,9 +63,13 @@ def test_a_bad_setting_leaves_no_job_directory_and_the_corrected_rerun_runs_ever
 def test_ctrl_c_during_a_sweep_prints_one_line_and_stops_every_job(tmp_path):
     out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     with open(out, "w") as stdout, open(err, "w") as stderr:
+        # A shell that starts a command in the background (a CI runner's `cmd &`) makes it
+        # ignore SIGINT, and Python keeps an inherited "ignore": give the sweep the default, as
+        # a terminal would.
         sweep = subprocess.Popen(_sweep(tmp_path, "local_parallel", 100000),
                                  env=_env(LPA_DOMAINBED_JOBS="3"), stdout=stdout, stderr=stderr,
-                                 start_new_session=True)
+                                 start_new_session=True,
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while len(list(tmp_path.glob("sweep/*/launcher.log"))) < 3:
@@ -77,6 +81,8 @@ def test_ctrl_c_during_a_sweep_prints_one_line_and_stops_every_job(tmp_path):
     finally:
         if sweep.poll() is None:
             os.killpg(sweep.pid, signal.SIGKILL)
+            for pid in _processes_mentioning(str(tmp_path / "sweep")):  # no orphan hogs the CPU
+                os.kill(pid, signal.SIGKILL)
 
     assert returncode == 130
     assert "Traceback" not in err.read_text()

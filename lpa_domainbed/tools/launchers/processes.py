@@ -17,7 +17,8 @@ import time
 
 from lpa_domainbed.tools.runinfo import env_with_python
 
-__all__ = ["ignoring_ctrl_c", "interrupted", "start_job", "stop_jobs"]
+__all__ = ["ignoring_ctrl_c", "interruptible_children", "interrupted", "start_job",
+           "stop_jobs"]
 
 GRACE_SECONDS = 5.0
 
@@ -65,6 +66,26 @@ def ignoring_ctrl_c():
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def interruptible_children():
+    """Processes started inside get SIGINT's default action even where this one ignores it.
+
+    A command a shell starts in the background (``make sweep &``, a CI runner) ignores SIGINT,
+    and Python keeps an inherited "ignore"; submitit's local executor cancels a job with SIGINT,
+    so its jobs must not inherit that. Installing Python's handler for the moment of the start
+    suffices: a handler, unlike "ignore", is reset to the default by ``exec``.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.SIG_IGN):
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def interrupted(prefix: str, stopped: int, finished: int) -> SystemExit:

@@ -34,7 +34,8 @@ import subprocess
 import sys
 import time
 
-from lpa_domainbed.tools.launchers.processes import ignoring_ctrl_c, interrupted, start_job, stop_jobs
+from lpa_domainbed.tools.launchers.processes import (ignoring_ctrl_c, interruptible_children,
+                                                     interrupted, start_job, stop_jobs)
 from lpa_domainbed.tools.launchers.settings import (SlurmSettings, remove_empty_job_dirs,
                                               settings_or_cleanup, slurm_settings)
 
@@ -172,7 +173,8 @@ def submitit_launcher(commands: list[str]) -> list[str]:
             active = sum(job is not None and i not in finished for i, job in enumerate(jobs))
             for index in range(len(commands)):  # the local executor has no array cap: ours
                 if cluster == "local" and jobs[index] is None and active < parallelism:
-                    jobs[index] = executor.submit(run_shell_command, commands[index])
+                    with interruptible_children():  # cancel() sends SIGINT
+                        jobs[index] = executor.submit(run_shell_command, commands[index])
                     active += 1
             running = sum(job is not None and i not in finished
                           and str(job.state).upper() in ("RUNNING", "COMPLETING")
