@@ -95,7 +95,8 @@ test-py310:
 	test -x $(VENV310)/bin/python || $(PYTHON310) -m venv $(VENV310); \
 	$(VENV310)/bin/python -m pip install -q pytest pytest-timeout tomli numpy pandas tabulate; \
 	$(VENV310)/bin/python -m pip install -q --no-deps .; \
-	$(VENV310)/bin/python -m pytest -q -p no:cacheprovider -m "not torch" tests/test_sweeps.py tests/test_bad_inputs_tools.py
+	$(VENV310)/bin/python -m pytest -q -p no:cacheprovider -m "not torch" tests/test_sweeps.py tests/test_bad_inputs_tools.py \
+	  tests/test_sweep_command.py tests/test_runinfo.py tests/test_registry.py
 
 # The paper's analysis figures (1, 3a, 4a, 7) on RotatedDigits, about 10 minutes on 2 CPU cores;
 # the in-process trainer is tested equal to domainbed.scripts.train (tests/test_figures.py);
