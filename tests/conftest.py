@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from lpa_domainbed.tools.runinfo import env_with_python
+
 REPO = Path(__file__).resolve().parents[1]
 HAVE_DOMAINBED = importlib.util.find_spec("domainbed") is not None
 NO_DOMAINBED = ("DomainBed is not importable: run 'make setup' (it needs a DomainBed checkout "
@@ -35,8 +37,6 @@ def offline_resnet(torch_home, monkeypatch):
 
 def run_python(args, cwd, env=None, timeout=300):
     """Run ``python args...`` in a fresh interpreter of this environment."""
-    full_env = dict(os.environ)
-    full_env.update(env or {})
-    full_env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + full_env.get("PATH", "")
+    full_env = env_with_python(sys.executable, {**os.environ, **(env or {})})
     return subprocess.run([sys.executable, *args], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout)

@@ -11,14 +11,15 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, requires_domainbed
+from lpa_domainbed.tools.runinfo import env_with_python
 from test_tables import write_algorithm
 
 pytestmark = [requires_domainbed, pytest.mark.slow, pytest.mark.torch]
 
 
 def run(cmd, cwd, venv):
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["PATH"] = str(venv / "bin") + os.pathsep + env.get("PATH", "")
+    env = env_with_python(str(venv / "bin" / "python"),
+                          {k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
