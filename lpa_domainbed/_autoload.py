@@ -1,7 +1,9 @@
 """Autoload: register lpa_domainbed right after DomainBed's modules are imported.
 
-The wheel installs ``lpa_domainbed_autoload.pth`` (one line: ``import lpa_domainbed._autoload``)
-into site-packages, so this runs at every interpreter start in that environment, including
+The wheel installs ``lpa_domainbed_autoload.pth`` into site-packages: one line that imports
+this module and turns a failure of that import (a syntax error in the package's
+``__init__.py``) into one line on stderr naming the file, instead of ``site``'s traceback.
+So this runs at every interpreter start in that environment, including
 the ``python -m domainbed.scripts.train`` processes a DomainBed sweep starts. It must stay
 cheap and must never break start-up: it imports only the standard library, installs a
 meta-path finder, and turns any failure into one warning on stderr (the pattern of

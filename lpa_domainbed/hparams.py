@@ -1,64 +1,117 @@
-"""Declarative hyperparameters, merged into DomainBed's ``hparams_registry``, and their checks.
+"""Declarative hyperparameters, merged into DomainBed's ``hparams_registry``.
 
 DomainBed defines each hyperparameter as ``(default, random value)`` with the random value
 drawn from ``np.random.RandomState(misc.seed_hash(seed, name))``. :class:`HParam` does the same
 per name, so adding ours never changes the values DomainBed draws for its own hyperparameters.
 
-DomainBed merges ``--hparams`` into the defaults with ``dict.update``: a misspelt name or a
-wrong type would be silently ignored or fail deep inside training. :func:`validate` checks
-them at construction (:mod:`lpa_domainbed.hparams_check`).
+An :class:`HParam` also says which values it accepts (its type, its ``choices`` or its
+``check``), so each rule is written once; :mod:`lpa_domainbed.hparams_check` applies them to
+what DomainBed's train script passes (``--hparams`` is merged with ``dict.update``, so nothing
+else would catch ``lpa_epss`` or ``lpa_mode='amortised'``). A class changes an inherited
+default with ``HPARAM_DEFAULTS = {name: value}``; :func:`specs_of` is the one place that
+applies it, :func:`defaults_of` the one place that lists the defaults.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
-__all__ = ["HParam", "define", "choice", "log_uniform", "uniform", "fixed", "merge_specs",
-           "specs_of", "validate", "USER_PREFIX"]
+__all__ = ["HParam", "Rule", "define", "choice", "log_uniform", "uniform", "fixed", "at_least",
+           "above", "within", "specs_of", "defaults_of", "kind", "type_problem",
+           "USER_PREFIX"]
 
 #: ``--hparams`` names starting with this are the user's own: never rejected as unknown.
 USER_PREFIX = "user_"
 
 
 @dataclasses.dataclass(frozen=True)
-class HParam:
-    """One hyperparameter: a default and a random-search distribution.
+class Rule:
+    """A check on one value: ``test(value) -> bool`` and what a valid value is, in words."""
 
-    Args:
-        name: the key in the hparams dict.
-        default: the value used by ``hparams_seed=0`` (DomainBed's default hparams).
-        sample: ``RandomState -> value``, the random-search distribution.
-        doc: one line for the docs (paper symbol, meaning).
-        type: the accepted Python type(s) (``float``, ``(str, list)``...); inferred from
-            ``default`` when ``None`` (an ``int`` is accepted for ``float``, a ``bool`` is not
-            an ``int``; a ``None`` default accepts anything).
-    """
+    test: Callable[[Any], bool]
+    expected: str
 
-    name: str
-    default: Any
-    sample: Callable[[np.random.RandomState], Any]
-    doc: str = ""
-    type: Any = None
+    def __call__(self, value) -> bool:
+        return bool(self.test(value))
+
+
+def at_least(low) -> Rule:
+    return Rule(lambda v: v >= low, f"a value >= {low}")
+
+
+def above(low) -> Rule:
+    return Rule(lambda v: v > low, f"a value > {low}")
+
+
+def within(low, high, bounds: str = "[]") -> Rule:
+    """``low <= v <= high``; ``bounds`` ``"[)"``, ``"(]"`` or ``"()"`` excludes an end."""
+    lo_ok = (lambda v: v >= low) if bounds[0] == "[" else (lambda v: v > low)
+    hi_ok = (lambda v: v <= high) if bounds[1] == "]" else (lambda v: v < high)
+    return Rule(lambda v: lo_ok(v) and hi_ok(v), f"a value in {bounds[0]}{low}, {high}{bounds[1]}")
+
+
+def kind(value) -> tuple:
+    """The accepted types inferred from a default value (``()`` = anything)."""
+    if value is None:
+        return ()
+    if isinstance(value, bool):
+        return (bool,)
+    if isinstance(value, numbers.Integral):
+        return (int,)
+    if isinstance(value, numbers.Real):
+        return (float,)
+    if isinstance(value, (list, tuple)):
+        return (list,)
+    return (type(value),)
+
+
+def _accepts(types: tuple, value) -> bool:
+    """Whether ``value`` has one of ``types`` (an int is a float, a bool is not an int)."""
+    if not types:
+        return True
+    for t in types:
+        if t is bool and isinstance(value, (bool, np.bool_)):
+            return True
+        if t is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return True
+        if t is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
+            return True
+        if t is list and isinstance(value, (list, tuple)):
+            return True
+        if t not in (bool, int, float, list) and isinstance(value, t):
+            return True
+    return False
+
+
+def type_problem(name: str, types: tuple, value) -> str | None:
+    """``"{name}={value!r} has type ..."`` or ``"... is not a finite number"``, or ``None``."""
+    if not _accepts(types, value):
+        names = " or ".join(sorted(t.__name__ for t in types))
+        names += " (an int is accepted)" if float in types else ""
+        return f"{name}={value!r} has type {type(value).__name__}; expected {names}"
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) \
+            and not math.isfinite(value):
+        return f"{name}={value!r} is not a finite number"
+    return None
 
 
 class _Fixed:
-    """A distribution that always returns one value; a new default replaces that value."""
+    """The spelling ``fixed(value)``: not searched (see :class:`HParam`)."""
 
     def __init__(self, value):
         self.value = value
-
-    def __call__(self, r):
-        return self.value
 
     def __repr__(self):
         return f"fixed({self.value!r})"
 
 
 def fixed(value):
-    """A distribution that always returns ``value`` (not searched)."""
+    """Not searched: the random draw is the default. Same as leaving ``sample`` out."""
     return _Fixed(value)
 
 
@@ -76,20 +129,65 @@ def log_uniform(low_exp, high_exp):
     return lambda r: float(10 ** r.uniform(low_exp, high_exp))
 
 
-def merge_specs(base: list[HParam], extra: list[HParam]) -> list[HParam]:
-    """``base`` with entries of ``extra`` replacing same-named ones (others appended).
+@dataclasses.dataclass(frozen=True)
+class HParam:
+    """One hyperparameter: its default, its random search, and the values it accepts.
 
-    A replacing entry without an explicit ``type`` keeps the replaced one's (a subclass that
-    changes ``perturb_layer``'s default still accepts a list of layers).
+    Args:
+        name: the key in the hparams dict.
+        default: the value used by ``hparams_seed=0`` (DomainBed's default hparams).
+        sample: ``RandomState -> value``, the random-search distribution; ``None`` (or
+            ``fixed(default)``): not searched, every draw is the default.
+        doc: one line for the docs (paper symbol, meaning).
+        type: the accepted Python type(s) (``float``, ``(str, list)``...); inferred from
+            ``default`` when ``None`` (an ``int`` is accepted for ``float``, a ``bool`` is not
+            an ``int``; a ``None`` default accepts anything).
+        choices: the allowed values of an enum, e.g. ``("float32", "bfloat16")``.
+        check: a :class:`Rule` a valid value passes, e.g. ``at_least(0)``.
+
+    A new enum is one line: ``HParam("lpa_direction", "loss", choices=("loss", "conjecture"))``.
     """
-    names = {s.name: s for s in extra}
-    merged = []
-    for spec in base:
-        new = names.pop(spec.name, spec)
-        if new is not spec and new.type is None and spec.type is not None:
-            new = dataclasses.replace(new, type=spec.type)
-        merged.append(new)
-    return merged + list(names.values())
+
+    name: str
+    default: Any
+    sample: Callable[[np.random.RandomState], Any] | None = None
+    doc: str = ""
+    type: Any = None
+    choices: tuple | None = None
+    check: Rule | None = None
+
+    def __post_init__(self):
+        if isinstance(self.sample, _Fixed):
+            if self.sample.value != self.default:
+                raise ValueError(f"HParam {self.name!r}: {self.sample!r} differs from its default "
+                                 f"{self.default!r}; leave the distribution out (not searched)")
+            object.__setattr__(self, "sample", None)
+        if self.choices is not None:
+            object.__setattr__(self, "choices", tuple(self.choices))
+        problem = self.problem(self.default)
+        if problem:
+            raise ValueError(f"HParam {self.name!r}: its default {problem}")
+
+    def draw(self, state: np.random.RandomState):
+        """The random-search value (the default when not searched)."""
+        return self.default if self.sample is None else self.sample(state)
+
+    def types(self) -> tuple:
+        if self.type is None:
+            return kind(self.default)
+        return self.type if isinstance(self.type, tuple) else (self.type,)
+
+    def problem(self, value) -> str | None:
+        """What is wrong with ``value`` (``"{name}={value!r} ..."``), or ``None``."""
+        shown = f"{self.name}={value!r}"
+        problem = type_problem(self.name, self.types(), value)
+        if problem:
+            return problem
+        if self.choices is not None and value not in self.choices:
+            return f"{shown} is invalid: expected one of {self.choices}"
+        if self.check is not None and not self.check(value):
+            return f"{shown} is invalid: expected {self.check.expected}"
+        return None
 
 
 def _defaults_override(cls) -> dict:
@@ -104,25 +202,38 @@ def specs_of(cls, dataset: str | None = None) -> list[HParam]:
     """The hparams an algorithm class declares, with its ``HPARAM_DEFAULTS`` applied.
 
     ``cls.hparam_specs(dataset)`` when the class has it (every ``ActivationPerturbation``; a
-    plain DomainBed ``Algorithm`` may define the same classmethod), else none. A class
-    attribute ``HPARAM_DEFAULTS = {"perturb_layer": "features"}`` changes inherited defaults
-    in one line; a searched distribution stays, a fixed one follows the new default.
+    plain DomainBed ``Algorithm`` may define the same classmethod), else none. A subclass adds
+    names with ``super().hparam_specs(dataset) + [HParam(...)]`` and changes an inherited
+    default with a class attribute ``HPARAM_DEFAULTS = {"perturb_layer": "features"}``; the
+    new default must pass the hparam's own checks, and a searched distribution stays.
     """
     hook = getattr(cls, "hparam_specs", None)
     specs = list(hook(dataset)) if hook is not None else []
+    names = [s.name for s in specs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"{cls.__name__}.hparam_specs declares {twice} more than once; to "
+                         f"change an inherited default write HPARAM_DEFAULTS = "
+                         f"{{{twice[0]!r}: ...}} in the class")
     overrides = _defaults_override(cls)
-    unknown = sorted(set(overrides) - {s.name for s in specs})
+    unknown = sorted(set(overrides) - set(names))
     if unknown:
         raise ValueError(f"{cls.__name__}.HPARAM_DEFAULTS names {unknown}, which "
                          f"{cls.__name__} does not declare; declare them in hparam_specs")
     out = []
     for spec in specs:
         if spec.name in overrides:
-            value = overrides[spec.name]
-            sample = fixed(value) if isinstance(spec.sample, _Fixed) else spec.sample
-            spec = dataclasses.replace(spec, default=value, sample=sample)
+            try:
+                spec = dataclasses.replace(spec, default=overrides[spec.name])
+            except ValueError as error:
+                raise ValueError(f"{cls.__name__}.HPARAM_DEFAULTS: {error}") from None
         out.append(spec)
     return out
+
+
+def defaults_of(cls, dataset: str | None = None) -> dict:
+    """``{name: default}`` of the hparams ``cls`` declares (:func:`specs_of`)."""
+    return {spec.name: spec.default for spec in specs_of(cls, dataset)}
 
 
 def define(hparams: dict, specs: Iterable[HParam], random_seed: int, seed_hash, override=False):
@@ -140,16 +251,22 @@ def define(hparams: dict, specs: Iterable[HParam], random_seed: int, seed_hash, 
                     f"hparam {spec.name!r} is already defined by DomainBed; rename it")
     for spec in specs:
         state = np.random.RandomState(seed_hash(random_seed, spec.name))
-        hparams[spec.name] = (spec.default, spec.sample(state))
+        hparams[spec.name] = (spec.default, spec.draw(state))
     return hparams
 
 
-def validate(algorithm_class, hparams: dict) -> dict:
-    """Check ``hparams`` for ``algorithm_class``; return a copy with its missing defaults.
+_MOVED = {
+    "merge_specs": "merge_specs was removed: add names with super().hparam_specs(dataset) + "
+                   "[HParam(...)], and change an inherited default with the class attribute "
+                   "HPARAM_DEFAULTS = {name: value}",
+    "validate": "lpa_domainbed.hparams.validate moved: use "
+                "lpa_domainbed.hparams_check.validate(algorithm_class, hparams)",
+}
 
-    Raises ``ValueError`` for a name no registry entry knows (with the closest names), a value
-    of the wrong type, or a non-finite number. See :mod:`lpa_domainbed.hparams_check`.
-    """
-    from lpa_domainbed.hparams_check import check
 
-    return check(algorithm_class, hparams)
+def __getattr__(name):
+    """The old spellings say what to write instead (an ``ImportError``, so that ``from
+    lpa_domainbed.hparams import merge_specs`` shows the message)."""
+    if name in _MOVED:
+        raise ImportError(_MOVED[name], name=__name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -65,8 +65,15 @@ def _module_from_path(path: str):
     """Import a ``.py`` file under its stem, the same module name in every interpreter."""
     file = Path(path)
     name = file.stem
+    if file.is_dir():
+        raise IsADirectoryError(f"{path} is a directory: a plugin must be a .py file (e.g. "
+                                f"{file / 'my_algs.py'}) or an importable module name (e.g. "
+                                f"my_package.my_algs)")
     if not file.is_file():
         raise FileNotFoundError(f"no such file: {path}")
+    if file.suffix != ".py":
+        raise ImportError(f"{path} is not a .py file: a plugin must be a .py file or an "
+                          f"importable module name")
     existing = sys.modules.get(name)
     if existing is not None:
         if Path(getattr(existing, "__file__", "") or "").resolve() == file.resolve():
@@ -104,6 +111,11 @@ def import_isolated(module: str, source: str, path: str | None = None):
         return None
 
 
+def _plain_directory(entry: str) -> bool:
+    """A directory that is not a package: importing it by name would import nothing."""
+    return os.path.isdir(entry) and not os.path.exists(os.path.join(entry, "__init__.py"))
+
+
 def requested() -> list[tuple[str, str | None, str]]:
     """``(module name, file path or None, how it was requested)`` of every plugin."""
     from importlib.metadata import entry_points
@@ -116,7 +128,7 @@ def requested() -> list[tuple[str, str | None, str]]:
     entries = [e.strip() for e in os.environ.get(ENV_VAR, "").split(",") if e.strip()]
     for entry in entries:
         how = f"{ENV_VAR}={os.environ[ENV_VAR]}"
-        if entry.endswith(".py") or os.sep in entry:
+        if entry.endswith(".py") or os.sep in entry or _plain_directory(entry):
             out.append((Path(entry).stem, os.path.abspath(entry), how))
         else:
             out.append((entry, None, how))

@@ -110,10 +110,10 @@ def _explain_missing_algorithms(module):
 
 def _register_datasets(module):
     from lpa_domainbed.datasets import load
-    from lpa_domainbed.hparams_check import known_hparams
+    from lpa_domainbed.hparams_check import clear_cache
 
     _copy_into(module, load(), module.DATASETS, "dataset")
-    known_hparams.cache_clear()  # a new dataset may bring new hparam names
+    clear_cache()  # a new dataset may bring new hparam names
 
 
 @_once
@@ -126,6 +126,9 @@ def _patch_hparams(module):
 
     @functools.wraps(original)
     def _hparams(algorithm, dataset, random_seed):
+        from lpa_domainbed.hparams_check import check_train_command_line
+
+        check_train_command_line()  # a malformed --hparams: one line, before the script's json
         hparams = original(algorithm, dataset, random_seed)
         from lpa_domainbed.algorithms import load as load_algorithms
         from lpa_domainbed.datasets import load as load_datasets

@@ -31,6 +31,20 @@ ROWS = [
     ("ERM", None, ["--holdout_fraction", "1.0"], 1, "--holdout_fraction holds every example"),
     # a run whose training loss overflows stops instead of finishing a meaningless run
     ("LPA", {"lr": 1e30}, ["--steps", "3"], 1, "LPA: the training loss is nan at step 1"),
+    # values an HParam refuses (its choices, its check): one message naming what is allowed
+    ("LPA", {"lpa_mode": "amortised"}, [], 1,
+     "hparam lpa_mode='amortised' is invalid: expected one of ('exact', 'amortized')"),
+    ("LPA_Amortized", {"lpa_eps": -0.1}, [], 1,
+     "hparam lpa_eps=-0.1 is invalid: expected a value >= 0"),
+    ("Dropout", {"dropout_p": 1.0}, [], 1,
+     "hparam dropout_p=1.0 is invalid: expected a value in [0, 1)"),
+    # --hparams that is not one JSON object: one line, the text, what to write instead
+    ("LPA", "{lpa_eps: 0.2}", [], 1, "train: --hparams '{lpa_eps: 0.2}' is not valid JSON"),
+    ("LPA", "{'lpa_eps': 0.2}", [], 1,
+     """write one JSON object of names and values, e.g. --hparams '{"lpa_eps": 0.2}'"""),
+    ("LPA", '[["lpa_eps", 0.2]]', [], 1, "is a JSON list, not an object; write one JSON object"),
+    ("ERM", "[1, 2]", [], 1, "train: --hparams '[1, 2]' is a JSON list, not an object"),
+    ("LPA", "0.2", [], 1, "train: --hparams '0.2' is a JSON number, not an object"),
     # a name of the user's own, and an int where a float is expected, train normally
     ("LPA", {"user_note": "mine", "lpa_eps": 1}, [], 0, "user_note: mine"),
 ]
@@ -44,8 +58,8 @@ for argv, out_dir in json.loads(sys.argv[1]):
     try:
         runpy.run_module("domainbed.scripts.train", run_name="__main__", alter_sys=True)
         rc, message = 0, open(os.path.join(out_dir, "out.txt")).read()
-    except SystemExit as e:
-        rc, message = e.code, ""
+    except SystemExit as e:  # a str code: Python prints it and exits with status 1
+        rc, message = (1, e.code) if isinstance(e.code, str) else (e.code, "")
     except Exception:
         rc, message = 1, traceback.format_exc()
     sys.stdout, sys.stderr = saved
@@ -59,7 +73,9 @@ def train_args(tmp_path, i, algorithm, hparams, extra):
     args = ["--dataset", "RotatedDigits", "--algorithm", algorithm, "--data_dir", str(tmp_path),
             "--output_dir", str(tmp_path / f"run{i}"), "--steps", "1", "--checkpoint_freq", "1",
             "--skip_model_save", *extra]
-    if hparams is not None:
+    if isinstance(hparams, str):  # the text as the user typed it
+        args += ["--hparams", hparams]
+    elif hparams is not None:
         args += ["--hparams", json.dumps(hparams)]  # json writes inf as Infinity, like a user
     return args
 
@@ -83,6 +99,19 @@ def test_the_train_script_process_exits_non_zero_and_writes_no_done(tmp_path):
                       *train_args(tmp_path, 0, "LPA", {"lpa_epss": 0.25}, [])], cwd=tmp_path)
     assert out.returncode != 0
     assert "Did you mean 'lpa_eps'" in out.stdout + out.stderr  # train.py tees stderr to stdout
+    assert not (tmp_path / "run0" / "done").exists()
+
+
+def test_a_malformed_hparams_argument_is_one_line_from_the_train_script_process(tmp_path):
+    out = run_python(["-m", "domainbed.scripts.train",
+                      *train_args(tmp_path, 0, "LPA", "{lpa_eps: 0.2}", [])], cwd=tmp_path)
+    assert out.returncode == 1
+    text = out.stdout + out.stderr  # train.py tees stderr to stdout, after its own printout
+    assert "Traceback" not in text and "JSONDecodeError" not in text, text[-3000:]
+    assert text.strip().splitlines()[-1:] == [
+        """train: --hparams '{lpa_eps: 0.2}' is not valid JSON (Expecting property name enclosed """
+        """in double quotes: line 1 column 2 (char 1)); write one JSON object of names and """
+        """values, e.g. --hparams '{"lpa_eps": 0.2}'"""], text[-3000:]
     assert not (tmp_path / "run0" / "done").exists()
 
 

@@ -108,13 +108,14 @@ def test_our_hparams_are_seeded_per_name_like_domainbeds():
     from domainbed.lib import misc
 
     from lpa_domainbed.algorithms import load
+    from lpa_domainbed.hparams import specs_of
 
     for name, cls in load().items():
         random = hparams_registry.random_hparams(name, "PACS", 3)
         default = hparams_registry.default_hparams(name, "PACS")
-        for spec in cls.hparam_specs("PACS"):
+        for spec in specs_of(cls, "PACS"):  # HPARAM_DEFAULTS applied
             assert default[spec.name] == spec.default
-            assert random[spec.name] == spec.sample(
+            assert random[spec.name] == spec.draw(
                 np.random.RandomState(misc.seed_hash(3, spec.name)))
         # DomainBed's own hparams of this algorithm are those of any ERM-like algorithm
         erm = hparams_registry.random_hparams("ERM", "PACS", 3)

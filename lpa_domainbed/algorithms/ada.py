@@ -17,8 +17,7 @@ import torch.nn.functional as F
 
 from lpa_domainbed import hparams as hp
 from lpa_domainbed.algorithms import ALGORITHMS
-from lpa_domainbed.algorithms.base import ActivationPerturbation, flat_norms, require
-from lpa_domainbed.hparams import merge_specs
+from lpa_domainbed.algorithms.base import ActivationPerturbation, flat_norms
 from lpa_domainbed.perturb import pgd
 
 __all__ = ["ADA"]
@@ -30,18 +29,13 @@ class ADA(ActivationPerturbation):
 
     @classmethod
     def hparam_specs(cls, dataset=None):
-        return merge_specs(super().hparam_specs(dataset), [
-            hp.HParam("ada_eps", 0.1, hp.uniform(0.05, 0.3), "ball radius relative to |a_i|"),
-            hp.HParam("ada_steps", 3, hp.fixed(3), "T, PGD steps"),
-            hp.HParam("ada_clean_weight", 0.5, hp.choice([0.0, 0.5]), "weight of clean loss"),
-        ])
-
-    def check_hparams(self):
-        h = self.hparams
-        require(h, "ada_eps", h["ada_eps"] >= 0, "eps >= 0")
-        require(h, "ada_steps", int(h["ada_steps"]) == h["ada_steps"] and h["ada_steps"] >= 1,
-                "an integer T >= 1")
-        require(h, "ada_clean_weight", 0 <= h["ada_clean_weight"] <= 1, "a weight in [0, 1]")
+        return super().hparam_specs(dataset) + [
+            hp.HParam("ada_eps", 0.1, hp.uniform(0.05, 0.3), "ball radius relative to |a_i|",
+                      check=hp.at_least(0)),
+            hp.HParam("ada_steps", 3, doc="T, PGD steps", check=hp.at_least(1)),
+            hp.HParam("ada_clean_weight", 0.5, hp.choice([0.0, 0.5]), "weight of clean loss",
+                      check=hp.within(0, 1)),
+        ]
 
     def uses_tail(self, cut):
         return True  # the PGD search evaluates the tail at every cut

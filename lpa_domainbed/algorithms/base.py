@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from domainbed.algorithms import ERM
 
 from lpa_domainbed import hparams as hp
+from lpa_domainbed.hparams_check import validate
 from lpa_domainbed.algorithms.context import PerturbContext, ProbeResult
 from lpa_domainbed.perturb.layers import Cut, resolve_cuts
 from lpa_domainbed.perturb.tail import CutForward
@@ -67,14 +68,13 @@ class ActivationPerturbation(ERM):
     @classmethod
     def hparam_specs(cls, dataset: str | None = None) -> list[hp.HParam]:
         """This algorithm's hyperparameters (DomainBed registry entries)."""
-        return [hp.HParam("perturb_layer", "default", hp.fixed("default"),
-                          "layer l: a module path, 'features', 'logits' or a list of them",
-                          type=(str, list))]
+        return [hp.HParam("perturb_layer", "default", type=(str, list),
+                          doc="layer l: a module path, 'features', 'logits' or a list of them")]
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
-        hparams = hp.validate(type(self), hparams)  # names, types, finiteness
-        defaults = {s.name: s.default for s in self.hparam_specs(None)}
-        super().__init__(input_shape, num_classes, num_domains, {**defaults, **hparams})
+        # names, types, values (each HParam's choices/check); missing defaults filled in
+        hparams = validate(type(self), hparams)
+        super().__init__(input_shape, num_classes, num_domains, hparams)
         self.num_classes = num_classes
         self.num_domains = num_domains
         self.input_shape = tuple(input_shape)
@@ -89,7 +89,8 @@ class ActivationPerturbation(ERM):
         raise NotImplementedError
 
     def check_hparams(self) -> None:
-        """Raise ``ValueError`` naming an invalid hparam (called at construction)."""
+        """Raise ``ValueError`` for an invalid combination of hparams (called at construction;
+        each hparam's own type and values are checked by its ``HParam``)."""
 
     def active_cuts(self, training: bool) -> list[Cut]:
         """The cuts perturbed in this pass (default: all of ``perturb_layer``)."""

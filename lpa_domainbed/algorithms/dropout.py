@@ -18,8 +18,7 @@ import torch.nn.functional as F
 
 from lpa_domainbed import hparams as hp
 from lpa_domainbed.algorithms import ALGORITHMS
-from lpa_domainbed.algorithms.base import ActivationPerturbation, require
-from lpa_domainbed.hparams import merge_specs
+from lpa_domainbed.algorithms.base import ActivationPerturbation
 
 __all__ = ["Dropout", "dropout_mask"]
 
@@ -69,17 +68,12 @@ class Dropout(ActivationPerturbation):
 
     @classmethod
     def hparam_specs(cls, dataset=None):
-        return merge_specs(super().hparam_specs(dataset), [
-            hp.HParam("dropout_p", 0.1, hp.choice([0.05, 0.1, 0.2, 0.3]), "drop rate, 1 - p"),
-            hp.HParam("dropout_kind", "element", hp.fixed("element"), "element|channel|block"),
-            hp.HParam("dropout_block_size", 3, hp.fixed(3), "DropBlock square side"),
-        ])
-
-    def check_hparams(self):
-        h = self.hparams
-        require(h, "dropout_p", 0 <= h["dropout_p"] < 1, "a drop rate in [0, 1)")
-        require(h, "dropout_kind", h["dropout_kind"] in KINDS, f"one of {KINDS}")
-        require(h, "dropout_block_size", int(h["dropout_block_size"]) >= 1, "an integer >= 1")
+        return super().hparam_specs(dataset) + [
+            hp.HParam("dropout_p", 0.1, hp.choice([0.05, 0.1, 0.2, 0.3]), "drop rate, 1 - p",
+                      check=hp.within(0, 1, "[)")),
+            hp.HParam("dropout_kind", "element", doc="mask granularity", choices=KINDS),
+            hp.HParam("dropout_block_size", 3, doc="DropBlock square side", check=hp.at_least(1)),
+        ]
 
     def perturb(self, a, y, ctx):
         h = self.hparams

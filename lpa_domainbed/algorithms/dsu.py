@@ -18,8 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from lpa_domainbed import hparams as hp
 from lpa_domainbed.algorithms import ALGORITHMS
-from lpa_domainbed.algorithms.base import ActivationPerturbation, require
-from lpa_domainbed.hparams import merge_specs
+from lpa_domainbed.algorithms.base import ActivationPerturbation
 from lpa_domainbed.perturb.statistics import channel_stats, channel_view
 
 __all__ = ["DSU"]
@@ -29,20 +28,16 @@ __all__ = ["DSU"]
 class DSU(ActivationPerturbation):
     """Resamples per-sample channel statistics (see module docs)."""
 
+    HPARAM_DEFAULTS = {"perturb_layer": "all_stages"}  # reference: after each ResNet stage
+
     @classmethod
     def hparam_specs(cls, dataset=None):
-        return merge_specs(super().hparam_specs(dataset), [
-            hp.HParam("perturb_layer", "all_stages", hp.fixed("all_stages"),
-                      "every stage (reference: after each ResNet stage)"),
+        return super().hparam_specs(dataset) + [
             hp.HParam("dsu_p", 0.5, hp.choice([0.3, 0.5, 0.7]),
-                      "probability per update (reference 0.5)"),
-            hp.HParam("dsu_factor", 1.0, hp.fixed(1.0), "scale of the noise (reference 1.0)"),
-        ])
-
-    def check_hparams(self):
-        h = self.hparams
-        require(h, "dsu_p", 0 <= h["dsu_p"] <= 1, "a probability in [0, 1]")
-        require(h, "dsu_factor", h["dsu_factor"] >= 0, "a factor >= 0")
+                      "probability per update (reference 0.5)", check=hp.within(0, 1)),
+            hp.HParam("dsu_factor", 1.0, doc="scale of the noise (reference 1.0)",
+                      check=hp.at_least(0)),
+        ]
 
     def perturb(self, a, y, ctx):
         if float(torch.rand(())) >= self.hparams["dsu_p"]:

@@ -32,8 +32,7 @@ import torch
 
 from lpa_domainbed import hparams as hp
 from lpa_domainbed.algorithms import ALGORITHMS
-from lpa_domainbed.algorithms.base import ActivationPerturbation, flat_norms, require
-from lpa_domainbed.hparams import merge_specs
+from lpa_domainbed.algorithms.base import ActivationPerturbation, flat_norms
 from lpa_domainbed.perturb import pgd
 
 __all__ = ["LPA", "LPL", "LPA_LPL", "LPA_Amortized"]
@@ -57,41 +56,30 @@ class LPA(ActivationPerturbation):
 
     @classmethod
     def hparam_specs(cls, dataset=None):
-        return merge_specs(super().hparam_specs(dataset), [
-            hp.HParam("lpa_eps", 0.1, hp.uniform(0.05, 0.3), "eps, base bound (eq. 14)"),
-            hp.HParam("lpa_delta_eps", 0.05, hp.uniform(0.0, 0.1), "Delta eps (eq. 14)"),
+        return super().hparam_specs(dataset) + [
+            hp.HParam("lpa_eps", 0.1, hp.uniform(0.05, 0.3), "eps, base bound (eq. 14)",
+                      check=hp.at_least(0)),
+            hp.HParam("lpa_delta_eps", 0.05, hp.uniform(0.0, 0.1), "Delta eps (eq. 14)",
+                      check=hp.at_least(0)),
             hp.HParam("lpa_tau", 0.5, hp.uniform(0.3, 0.9), "tau (eq. 14)"),
-            hp.HParam("lpa_beta", 0.7, hp.uniform(0.5, 0.8), "beta, layer scaling (eq. 15)"),
-            hp.HParam("lpa_steps", 3, hp.fixed(3), "T, PGD steps (step 2 eps_c / T)"),
-            hp.HParam("lpa_split", "all_positive", hp.fixed("all_positive"),
-                      "category split (3.6): all_positive | mean_accuracy | frequency"),
-            hp.HParam("lpa_bound", "fixed", hp.choice(BOUNDS), "fixed | varied (eq. 14)"),
-            hp.HParam("lpa_radius", "relative", hp.fixed("relative"), "relative | absolute"),
-            hp.HParam("lpa_lowrank", 0.0, hp.fixed(0.0), "k / d_l of eq. 12; 0 = full rank"),
-            hp.HParam("lpa_mode", "exact", hp.fixed("exact"), "exact | amortized"),
-            hp.HParam("lpa_layer_select", "fixed", hp.fixed("fixed"),
-                      "fixed | adaptive (eq. 13, among perturb_layer's layers)"),
-            hp.HParam("lpa_select_every", 100, hp.fixed(100), "K: adaptive re-selection period"),
-            hp.HParam("lpa_stat_momentum", 0.9, hp.fixed(0.9), "EMA momentum of s_c"),
-            hp.HParam("lpa_bn_stats", "batch", hp.fixed("batch"),
-                      "BatchNorm statistics in the search: batch | clean (ours)"),
-        ])
-
-    def check_hparams(self):
-        h = self.hparams
-        require(h, "lpa_eps", h["lpa_eps"] >= 0, "eps >= 0")
-        require(h, "lpa_delta_eps", h["lpa_delta_eps"] >= 0, "Delta eps >= 0")
-        require(h, "lpa_beta", 0 < h["lpa_beta"] <= 1, "beta in (0, 1]")
-        require(h, "lpa_steps", int(h["lpa_steps"]) == h["lpa_steps"] and h["lpa_steps"] >= 1,
-                "an integer T >= 1")
-        require(h, "lpa_lowrank", 0 <= h["lpa_lowrank"] <= 1, "a ratio k/d_l in [0, 1]")
-        require(h, "lpa_stat_momentum", 0 <= h["lpa_stat_momentum"] < 1, "a value in [0, 1)")
-        require(h, "lpa_select_every", int(h["lpa_select_every"]) >= 1, "an integer K >= 1")
-        for name, allowed in (("lpa_split", SPLITS), ("lpa_bound", BOUNDS),
-                              ("lpa_radius", RADII), ("lpa_mode", MODES),
-                              ("lpa_layer_select", LAYER_SELECTION),
-                              ("lpa_bn_stats", BN_STATS)):
-            require(h, name, h[name] in allowed, f"one of {allowed}")
+            hp.HParam("lpa_beta", 0.7, hp.uniform(0.5, 0.8), "beta, layer scaling (eq. 15)",
+                      check=hp.within(0, 1, "(]")),
+            hp.HParam("lpa_steps", 3, doc="T, PGD steps (step 2 eps_c / T)", check=hp.at_least(1)),
+            hp.HParam("lpa_split", "all_positive", doc="category split (3.6)", choices=SPLITS),
+            hp.HParam("lpa_bound", "fixed", hp.choice(BOUNDS), "eq. 14", choices=BOUNDS),
+            hp.HParam("lpa_radius", "relative", doc="r_c relative to |a| or not", choices=RADII),
+            hp.HParam("lpa_lowrank", 0.0, doc="k / d_l of eq. 12; 0 = full rank",
+                      check=hp.within(0, 1)),
+            hp.HParam("lpa_mode", "exact", doc="search each update or amortize", choices=MODES),
+            hp.HParam("lpa_layer_select", "fixed", doc="adaptive: eq. 13, among perturb_layer's",
+                      choices=LAYER_SELECTION),
+            hp.HParam("lpa_select_every", 100, doc="K: adaptive re-selection period",
+                      check=hp.at_least(1)),
+            hp.HParam("lpa_stat_momentum", 0.9, doc="EMA momentum of s_c",
+                      check=hp.within(0, 1, "[)")),
+            hp.HParam("lpa_bn_stats", "batch", doc="BatchNorm statistics in the search (clean: "
+                      "ours)", choices=BN_STATS),
+        ]
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
@@ -250,10 +238,7 @@ class LPA(ActivationPerturbation):
 class LPL(LPA):
     """LPA at the logits (paper 3.4.2): the logit perturbation of LPL (Li et al., 2022)."""
 
-    @classmethod
-    def hparam_specs(cls, dataset=None):
-        return merge_specs(super().hparam_specs(dataset), [
-            hp.HParam("perturb_layer", "logits", hp.fixed("logits"), "the logits")])
+    HPARAM_DEFAULTS = {"perturb_layer": "logits"}
 
 
 @ALGORITHMS.register("LPA_LPL")
@@ -261,11 +246,7 @@ class LPA_LPL(LPA):
     """LPA at the default layer and at the logits together (paper Figure 3), each layer with
     its own bound ``eps_c^(l)``."""
 
-    @classmethod
-    def hparam_specs(cls, dataset=None):
-        return merge_specs(super().hparam_specs(dataset), [
-            hp.HParam("perturb_layer", "default,logits", hp.fixed("default,logits"),
-                      "the default layer and the logits")])
+    HPARAM_DEFAULTS = {"perturb_layer": "default,logits"}  # the default layer and the logits
 
 
 @ALGORITHMS.register("LPA_Amortized")
@@ -273,7 +254,4 @@ class LPA_Amortized(LPA):
     """LPA in amortized mode (our extension, see module docs) under its own name, so that
     sweeps and tables can hold it beside exact LPA."""
 
-    @classmethod
-    def hparam_specs(cls, dataset=None):
-        return merge_specs(super().hparam_specs(dataset), [
-            hp.HParam("lpa_mode", "amortized", hp.fixed("amortized"), "amortized")])
+    HPARAM_DEFAULTS = {"lpa_mode": "amortized"}

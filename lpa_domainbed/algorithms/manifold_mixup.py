@@ -19,8 +19,7 @@ import torch.nn.functional as F
 
 from lpa_domainbed import hparams as hp
 from lpa_domainbed.algorithms import ALGORITHMS
-from lpa_domainbed.algorithms.base import ActivationPerturbation, require
-from lpa_domainbed.hparams import merge_specs
+from lpa_domainbed.algorithms.base import ActivationPerturbation
 
 __all__ = ["ManifoldMixup"]
 
@@ -31,12 +30,10 @@ class ManifoldMixup(ActivationPerturbation):
 
     @classmethod
     def hparam_specs(cls, dataset=None):
-        return merge_specs(super().hparam_specs(dataset), [
-            hp.HParam("mmix_alpha", 0.2, hp.log_uniform(-1, 1), "alpha of Beta(alpha, alpha)"),
-        ])
-
-    def check_hparams(self):
-        require(self.hparams, "mmix_alpha", self.hparams["mmix_alpha"] > 0, "alpha > 0")
+        return super().hparam_specs(dataset) + [
+            hp.HParam("mmix_alpha", 0.2, hp.log_uniform(-1, 1), "alpha of Beta(alpha, alpha)",
+                      check=hp.above(0)),
+        ]
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         if hparams.get("mmix_layers"):

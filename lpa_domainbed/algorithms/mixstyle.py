@@ -19,8 +19,7 @@ import torch
 
 from lpa_domainbed import hparams as hp
 from lpa_domainbed.algorithms import ALGORITHMS
-from lpa_domainbed.algorithms.base import ActivationPerturbation, require
-from lpa_domainbed.hparams import merge_specs
+from lpa_domainbed.algorithms.base import ActivationPerturbation
 from lpa_domainbed.perturb.statistics import channel_stats, channel_view
 
 __all__ = ["MixStyle", "cross_domain_partners"]
@@ -42,22 +41,18 @@ def cross_domain_partners(domains: torch.Tensor) -> torch.Tensor:
 class MixStyle(ActivationPerturbation):
     """Mixes per-sample channel statistics between samples (see module docs)."""
 
+    HPARAM_DEFAULTS = {"perturb_layer": "early_stages"}  # all stages but the last (ResNet 1-3)
+
     @classmethod
     def hparam_specs(cls, dataset=None):
-        return merge_specs(super().hparam_specs(dataset), [
-            hp.HParam("perturb_layer", "early_stages", hp.fixed("early_stages"),
-                      "all stages but the last (reference: ResNet layer1-3)"),
-            hp.HParam("mixstyle_p", 0.5, hp.fixed(0.5), "probability per update (reference)"),
+        return super().hparam_specs(dataset) + [
+            hp.HParam("mixstyle_p", 0.5, doc="probability per update (reference)",
+                      check=hp.within(0, 1)),
             hp.HParam("mixstyle_alpha", 0.1, hp.choice([0.1, 0.2, 0.3]),
-                      "Beta(alpha, alpha) (reference 0.1; 0.3 in its DomainBed port)"),
-            hp.HParam("mixstyle_mix", "random", hp.choice(MIXES), "partner choice"),
-        ])
-
-    def check_hparams(self):
-        h = self.hparams
-        require(h, "mixstyle_p", 0 <= h["mixstyle_p"] <= 1, "a probability in [0, 1]")
-        require(h, "mixstyle_alpha", h["mixstyle_alpha"] > 0, "alpha > 0")
-        require(h, "mixstyle_mix", h["mixstyle_mix"] in MIXES, f"one of {MIXES}")
+                      "Beta(alpha, alpha) (reference 0.1; 0.3 in its DomainBed port)",
+                      check=hp.above(0)),
+            hp.HParam("mixstyle_mix", "random", hp.choice(MIXES), "partner choice", choices=MIXES),
+        ]
 
     def perturb(self, a, y, ctx):
         h = self.hparams

@@ -36,11 +36,12 @@ def resolve_hparams(algorithm: str, dataset: str, overrides: Iterable = ()) -> d
     names every value the run used."""
     from domainbed import hparams_registry
 
+    from lpa_domainbed import hparams as hp
+
     hparams = hparams_registry.default_hparams(FIGURE_ONLY.get(algorithm, algorithm), dataset)
     cls = algorithm_class(algorithm)
-    if hasattr(cls, "hparam_specs"):
-        for spec in cls.hparam_specs(dataset):
-            hparams.setdefault(spec.name, spec.default)
+    for name, default in hp.defaults_of(cls, dataset).items():
+        hparams.setdefault(name, default)
     unknown = [k for k, _ in overrides if k not in hparams]
     if unknown:
         raise ValueError(f"{algorithm} has no hparam(s) {unknown}; its hparams: "

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from lpa_domainbed.algorithms.dropout import Dropout, dropout_mask
 from lpa_domainbed.algorithms.lpa import LPA
-from lpa_domainbed.hparams import merge_specs
 
 __all__ = ["LPADropout"]
 
@@ -26,13 +25,8 @@ class LPADropout(LPA):
 
     @classmethod
     def hparam_specs(cls, dataset=None):
-        return merge_specs(super().hparam_specs(dataset),
-                           [s for s in Dropout.hparam_specs(dataset)
-                            if s.name.startswith("dropout_")])
-
-    def check_hparams(self):
-        super().check_hparams()
-        Dropout.check_hparams(self)  # the dropout_* checks, on this algorithm's hparams
+        return super().hparam_specs(dataset) + [
+            s for s in Dropout.hparam_specs(dataset) if s.name.startswith("dropout_")]
 
     def perturb(self, a, y, ctx):
         a_lpa = super().perturb(a, y, ctx)
