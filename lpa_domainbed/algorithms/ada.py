@@ -34,6 +34,8 @@ class ADA(ActivationPerturbation):
             hp.HParam("ada_eps", 0.1, hp.uniform(0.05, 0.3), "ball radius relative to |a_i|"),
             hp.HParam("ada_steps", 3, hp.fixed(3), "T, PGD steps"),
             hp.HParam("ada_clean_weight", 0.5, hp.choice([0.0, 0.5]), "weight of clean loss"),
+            hp.HParam("ada_search_precision", "float32", hp.fixed("float32"),
+                      "the search's tail evaluations: float32 | bfloat16 (autocast)"),
         ])
 
     def check_hparams(self):
@@ -42,6 +44,8 @@ class ADA(ActivationPerturbation):
         require(h, "ada_steps", int(h["ada_steps"]) == h["ada_steps"] and h["ada_steps"] >= 1,
                 "an integer T >= 1")
         require(h, "ada_clean_weight", 0 <= h["ada_clean_weight"] <= 1, "a weight in [0, 1]")
+        require(h, "ada_search_precision", h["ada_search_precision"] in pgd.PRECISIONS,
+                f"one of {pgd.PRECISIONS}")
 
     def uses_tail(self, cut):
         return True  # the PGD search evaluates the tail at every cut
@@ -58,7 +62,7 @@ class ADA(ActivationPerturbation):
         delta, clean = pgd.l2_pgd(
             lambda z: ctx.tail(z, detach_head=not keep_clean) if z is a else ctx.tail(z),
             a, y, groups, radius, torch.ones_like(radius), int(self.hparams["ada_steps"]),
-            clean_graph=keep_clean)
+            clean_graph=keep_clean, precision=self.hparams["ada_search_precision"])
         if keep_clean:
             ctx.scratch.setdefault("clean_losses", []).append(clean)
         ctx.clean_losses[ctx.cut.name] = clean.detach()

@@ -75,6 +75,8 @@ class LPA(ActivationPerturbation):
             hp.HParam("lpa_stat_momentum", 0.9, hp.fixed(0.9), "EMA momentum of s_c"),
             hp.HParam("lpa_bn_stats", "batch", hp.fixed("batch"),
                       "BatchNorm statistics in the search: batch | clean (ours)"),
+            hp.HParam("lpa_search_precision", "float32", hp.fixed("float32"),
+                      "the search's tail evaluations: float32 | bfloat16 (autocast)"),
         ])
 
     def check_hparams(self):
@@ -90,7 +92,8 @@ class LPA(ActivationPerturbation):
         for name, allowed in (("lpa_split", SPLITS), ("lpa_bound", BOUNDS),
                               ("lpa_radius", RADII), ("lpa_mode", MODES),
                               ("lpa_layer_select", LAYER_SELECTION),
-                              ("lpa_bn_stats", BN_STATS)):
+                              ("lpa_bn_stats", BN_STATS),
+                              ("lpa_search_precision", pgd.PRECISIONS)):
             require(h, name, h[name] in allowed, f"one of {allowed}")
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
@@ -173,7 +176,8 @@ class LPA(ActivationPerturbation):
             return logits
 
         delta, clean = pgd.l2_pgd(tail, a, y, groups, radius, sign,
-                                  int(self.hparams["lpa_steps"]), self.hparams["lpa_lowrank"])
+                                  int(self.hparams["lpa_steps"]), self.hparams["lpa_lowrank"],
+                                  precision=self.hparams["lpa_search_precision"])
         ctx.clean_losses[ctx.cut.name] = clean
         return a + delta[groups].to(a.dtype)
 
