@@ -183,6 +183,27 @@ def test_a_bfloat16_search_has_its_floor_from_the_bfloat16_tail():
     floor = floor_ratios(bf16, tails, [1.0])
     assert floor["floor_ratio"] == pytest.approx(1.15)
     assert floor["tail_ms"] == {cut.name: pytest.approx(50.0)}
+    # ADA training on the clean loss: its first tail is that float32 pass
+    ada = SimpleNamespace(search_steps=3, cuts=[cut], hparams={
+        "ada_clean_weight": 0.5, "ada_search_precision": "bfloat16"})
+    floor = floor_ratios(ada, tails, [1.0])
+    assert floor["floor_ratio"] == pytest.approx(1.3)
+    assert floor["floor_with_clean_ratio"] == pytest.approx(1.4)
+
+
+def test_a_target_for_some_devices_only_is_left_out_on_the_others():
+    from lpa_domainbed.tools import bench
+
+    def row(algorithm, mode, device):
+        return {"kind": "benchmark", "network": "ResNet-50", "algorithm": algorithm,
+                "mode": mode, "time_ms_all": [1.0, 2.0] if mode == "exact" else [1.2, 2.6],
+                "peak_mem_ratio": 1.0, "machine": {"device": device}}
+
+    for device, expected in (("cpu", [pytest.approx(1.25)]), ("cuda", [])):
+        records = [row("ERM", "-", device), row("LPA", "exact", device),
+                   row("LPA", "lowrank", device)]
+        lowrank = [t["value"] for t in bench.evaluate_targets(records) if "low-rank" in t["target"]]
+        assert lowrank == expected, device
 
 
 def test_the_tail_probe_times_the_tail_under_bfloat16_autocast():
