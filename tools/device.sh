@@ -14,9 +14,10 @@
 #   autoload .pth and entry points are there and DomainBed's fresh train processes know its
 #   algorithms), checks it, then runs each MODE in order:
 #     gpu-check   make gpu-check -> cuda.md, cuda.json, gpu_check.log
-#     study       the sweep STUDY_SWEEP (default style_study) with local_parallel,
-#                 LPA_DOMAINBED_JOBS (default 16) at a time, at most STUDY_TIMEOUT s (default
-#                 330), then its tables -> <sweep>_records.tar.gz (every job's results.jsonl
+#     study       the sweep STUDY_SWEEP (default style_study) with the launcher STUDY_LAUNCHER
+#                 (default local_parallel), LPA_DOMAINBED_JOBS (default 16) jobs at a time,
+#                 at most STUDY_TIMEOUT s (default 330), then its tables ->
+#                 <sweep>_records.tar.gz (every job's results.jsonl
 #                 and done), <sweep>_tables.tar.gz (the tables' folder), <sweep>.log
 #     cmd         the rest of the arguments, after '--', as a command
 #   Files go to $OUT (default device_out/), at most 2 folders deep.
@@ -86,9 +87,10 @@ gpu_check() {
 study() {
   local name=${STUDY_SWEEP:-style_study} jobs=${LPA_DOMAINBED_JOBS:-16}
   local limit=${STUDY_TIMEOUT:-330} out="sweeps_output/${STUDY_SWEEP:-style_study}" t0=$SECONDS
-  say "sweep $name: $jobs jobs at a time (local_parallel), at most $limit s"
+  local launcher=${STUDY_LAUNCHER:-local_parallel}
+  say "sweep $name: $jobs jobs at a time ($launcher), at most $limit s"
   (cd "$ROOT" && LPA_DOMAINBED_JOBS=$jobs timeout "$limit" "$PY" -m lpa_domainbed.tools.cli \
-     sweep "$name" --data_dir sweeps_output/data --output_dir "$out" --launcher local_parallel
+     sweep "$name" --data_dir sweeps_output/data --output_dir "$out" --launcher "$launcher"
    echo "sweep exit status $? after $((SECONDS - t0)) s"
    "$PY" -m lpa_domainbed.tools.cli tables --input_dir "$out" --name "$name" \
      --out_dir "sweeps_output/tables/$name") 2>&1 | tee "$OUT/$name.log"
