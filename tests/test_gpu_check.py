@@ -63,6 +63,28 @@ def test_the_site_is_the_innermost_frame_of_the_package_or_domainbed():
     assert site_of(stack[3:]) == "<elsewhere>"
 
 
+def test_the_report_shows_each_algorithms_syncs_and_failures(tmp_path):
+    from lpa_domainbed.tools.gpu_check.report import write_report
+    from lpa_domainbed.tools.runinfo import describe_machine
+
+    sites = {"lpa_domainbed/perturb/pgd.py:33 (torch.bincount(groups))": 8,
+             "domainbed/algorithms.py:99 (loss.item())": 5}
+    result = {"machine": describe_machine("cpu"), "wall_s": 100.0,
+              "tests": {"command": "python -m pytest tests/test_algorithms.py", "returncode": 0,
+                        "summary": "69 passed in 30.0s", "wall_s": 31.0},
+              "train": [{"algorithm": "LPA", "returncode": 0, "done": True, "wall_s": 12.0,
+                         "calls": 5, "per_call": [4, 2, 2, 3, 2], "median": 2, "max": 3,
+                         "sites": sites},
+                        {"algorithm": "ADA", "returncode": 1, "done": False, "wall_s": 3.0,
+                         "error": "Traceback ..."}]}
+    json_path, md_path = write_report(result, None, tmp_path)
+    assert json.loads(json_path.read_text())["train"][0]["sites"] == sites
+    md = md_path.read_text()
+    assert "69 passed in 30.0s" in md
+    assert "| LPA | ok | 12 | 5 | 2 | 3 | `lpa_domainbed/perturb/pgd.py:33 " in md
+    assert "| ADA | FAILED (1) |" in md
+
+
 @requires_domainbed
 @pytest.mark.slow
 def test_the_train_wrapper_runs_domainbeds_script_and_counts_every_update(tmp_path):

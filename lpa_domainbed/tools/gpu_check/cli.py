@@ -1,7 +1,7 @@
 """``python -m lpa_domainbed.tools.gpu_check`` (``make gpu-check``): the package on a CUDA GPU.
 
 1. every algorithm's tests (``tests/test_algorithms.py``) with the model and batch on the GPU
-   (``LPA_DOMAINBED_TEST_DEVICE=cuda``), sync debug mode on;
+   (``LPA_DOMAINBED_TEST_DEVICE=cuda``), sync debug mode on; meanwhile
 2. a few steps of ``python -m domainbed.scripts.train`` per algorithm on DomainBed's Debug224
    (its ResNet-18 with random weights written offline), each ``update``'s synchronizations
    counted (:mod:`~lpa_domainbed.tools.gpu_check.train`);
@@ -139,8 +139,12 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     result = {"machine": describe_machine("cuda"), "torch": torch.__version__}
     log(f"==> gpu-check on {torch.cuda.get_device_name(0)}")
-    result["tests"] = None if "tests" in skip else run_tests(log)
-    result["train"] = [] if "train" in skip else run_train(log, args.steps)
+    # The tests and the train runs share the GPU lightly: side by side; the benchmark alone.
+    with ThreadPoolExecutor(1) as pool:
+        tests = None if "tests" in skip else pool.submit(run_tests, log)
+        jobs = max(1, min(8, (os.cpu_count() or 2) // 2))
+        result["train"] = [] if "train" in skip else run_train(log, args.steps, jobs)
+        result["tests"] = None if tests is None else tests.result()
     bench_part = None if "bench" in skip else run_bench(log, args.rounds)
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     paths = write_report(result, bench_part, Path(args.out))

@@ -33,7 +33,9 @@ def site_of(stack: list[traceback.FrameSummary]) -> str:
             continue
         for i in range(len(parts) - 1, -1, -1):
             if parts[i] in _PACKAGES:
-                return f"{'/'.join(parts[i:])}:{frame.lineno} ({(frame.line or '').strip()})"
+                code = (frame.line or "").split("#")[0].strip()
+                code = code if len(code) <= 60 else code[:57] + "..."
+                return f"{'/'.join(parts[i:])}:{frame.lineno} ({code})"
     return "<elsewhere>"
 
 
