@@ -43,12 +43,17 @@ def run_tests(log, files=TEST_FILES) -> dict:
     """pytest on ``files`` with the algorithms and batches on CUDA (conftest reads
     ``LPA_DOMAINBED_TEST_DEVICE``; it also turns sync debug mode on: the tests' own assertions
     synchronize, so their syncs are not counted, only kept out of the log)."""
+    repo = Path(__file__).resolve().parents[3]  # the checkout (tests do not ship in a wheel)
+    if not all((repo / f).is_file() for f in files):
+        log(f"==> tests: {', '.join(files)} not found beside the package (an installed wheel?): "
+            "run gpu-check from a checkout")
+        return {"command": None, "returncode": 1, "summary": "tests not found", "wall_s": 0.0}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
            "-W", "ignore:called a synchronizing CUDA operation", *files]
     log(f"==> tests on the GPU: {' '.join(cmd[1:])}")
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=_env(LPA_DOMAINBED_TEST_DEVICE="cuda"), capture_output=True,
-                          text=True)
+                          text=True, cwd=repo)
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     summary = lines[-1] if lines else proc.stderr.strip()[-300:]
     log(f"    {summary}")
