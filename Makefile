@@ -118,3 +118,14 @@ bench: $(STAMP)
 clean-venv:
 	@echo "==> removing $(VENV)"
 	rm -rf $(VENV)
+
+# On a machine with an NVIDIA GPU: every algorithm's tests, DomainBed's train script per
+# algorithm on Debug224 and the benchmark (ResNet-50, PACS batch) on CUDA with sync debugging
+# -> results/benchmarks/cuda.{md,json}. Without CUDA it says so and does nothing. It needs no
+# set-up: PY=python3 runs it with an interpreter where torch, DomainBed and this package are
+# importable (tools/device.sh prepares one on a bare GPU machine).
+.PHONY: gpu-check
+GPU_PY = $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	@echo "==> gpu-check with $(GPU_PY)"
+	@$(GPU_PY) -m lpa_domainbed.tools.gpu_check $(GPU_CHECK_ARGS)

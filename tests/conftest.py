@@ -40,3 +40,25 @@ def run_python(args, cwd, env=None, timeout=300):
     full_env = env_with_python(sys.executable, {**os.environ, **(env or {})})
     return subprocess.run([sys.executable, *args], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+#: Where the algorithm tests (tests/test_algorithms.py) put their model and batch.
+#: ``LPA_DOMAINBED_TEST_DEVICE=cuda`` (``make gpu-check``) runs them on the GPU, with
+#: ``torch.cuda.set_sync_debug_mode("warn")`` on.
+TEST_DEVICE = os.environ.get("LPA_DOMAINBED_TEST_DEVICE", "cpu")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_device():
+    if TEST_DEVICE == "cpu":
+        yield
+        return
+    import torch
+
+    if TEST_DEVICE == "cuda" and not torch.cuda.is_available():
+        pytest.exit("LPA_DOMAINBED_TEST_DEVICE=cuda but CUDA is not available: unset it", 2)
+    if TEST_DEVICE != "cuda":
+        pytest.exit(f"LPA_DOMAINBED_TEST_DEVICE={TEST_DEVICE!r}: use cpu or cuda", 2)
+    torch.cuda.set_sync_debug_mode("warn")
+    yield
+    torch.cuda.set_sync_debug_mode("default")

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from conftest import requires_domainbed
+from conftest import TEST_DEVICE, requires_domainbed
 
 pytestmark = requires_domainbed
 torch = pytest.importorskip("torch")
@@ -31,14 +31,15 @@ def make(name, dataset="RotatedDigits", num_classes=4, num_domains=2, **override
     hparams.update(overrides)
     torch.manual_seed(0)
     return algorithms.get_algorithm_class(name)(INPUT_SHAPES[dataset], num_classes,
-                                                num_domains, hparams)
+                                                num_domains, hparams).to(TEST_DEVICE)
 
 
 def batches(dataset="RotatedDigits", per_domain=6, num_domains=2, num_classes=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     shape = INPUT_SHAPES[dataset]
-    return [(torch.randn(per_domain, *shape, generator=g),
-             torch.arange(per_domain) % num_classes) for _ in range(num_domains)]
+    return [(torch.randn(per_domain, *shape, generator=g).to(TEST_DEVICE),
+             (torch.arange(per_domain) % num_classes).to(TEST_DEVICE))
+            for _ in range(num_domains)]
 
 
 def one(activations: dict):
@@ -219,7 +220,7 @@ def test_a_perturbation_that_returns_inf_stops_the_first_update():
         def perturb(self, a, y, ctx):
             return a + float("inf")
 
-    alg = Infinite((64,), 4, 2, default_hparams("ERM", "RotatedDigits"))
+    alg = Infinite((64,), 4, 2, default_hparams("ERM", "RotatedDigits")).to(TEST_DEVICE)
     before = snapshot(alg)["params"]
     with pytest.raises(NonFiniteLossError, match="Infinite: the training loss is nan at step 0"):
         alg.update(batches())

@@ -118,12 +118,16 @@ def test_memory_target_applies_to_resnet50_only():
 
 def test_search_steps_is_the_algorithms_own():
     from lpa_domainbed.tools import bench
+    from lpa_domainbed.tools.bench.config import EXPLICIT_VARIANTS, available
 
     net = dataclasses.replace(bench.MNIST_CNN, per_domain=2)
     steps = {v.key: bench.search_steps(bench.build(v, net, "cpu")) for v in bench.variants()
              if v.algorithm in ("ERM", "LPA", "ADA", "Dropout")}
-    assert steps == {"ERM": 0, "LPA[exact]": 3, "LPA[amortized]": 0, "LPA[lowrank]": 3,
-                     "ADA[clean_w=0.5]": 3, "ADA[clean_w=0]": 3, "Dropout[element]": 0}
+    expected = {"ERM": 0, "LPA[exact]": 3, "LPA[amortized]": 0, "LPA[lowrank]": 3,
+                "ADA[clean_w=0.5]": 3, "ADA[clean_w=0]": 3, "Dropout[element]": 0}
+    expected.update({v.key: 3 for v in EXPLICIT_VARIANTS  # the bfloat16 searches
+                     if v.mode.endswith("bf16") and available(v)})
+    assert steps == expected
     lpa5 = bench.build(bench.Variant("LPA", "T=5", {"lpa_steps": 5}), net, "cpu")
     assert lpa5.search_steps == 5
 
@@ -155,3 +159,60 @@ def test_random_weights_are_the_same_on_every_call(tmp_path):
         files.append(torch.load(path))
     assert files[0].keys() == files[1].keys()
     assert all(torch.equal(files[0][k], files[1][k]) for k in files[0])
+
+
+def test_a_variant_of_an_option_the_code_lacks_is_left_out():
+    from lpa_domainbed.tools.bench.config import Variant, available, variants
+
+    assert available(Variant("LPA", "exact", {"lpa_steps": 3}))
+    assert not available(Variant("LPA", "x", {"lpa_no_such_option": 1}))
+    assert all(available(v) for v in variants())
+
+
+def test_a_bfloat16_search_has_its_floor_from_the_bfloat16_tail():
+    from types import SimpleNamespace
+
+    from lpa_domainbed.tools.bench.floor import floor_ratios
+
+    cut = SimpleNamespace(name="featurizer.network.layer3")
+    tails = [{cut.name: {"tail": 0.2, "tail_bfloat16": 0.05, "clean_backward": 0.1}}]
+    fp32 = SimpleNamespace(search_steps=3, cuts=[cut], hparams={"lpa_steps": 3})
+    bf16 = SimpleNamespace(search_steps=3, cuts=[cut],
+                           hparams={"lpa_steps": 3, "lpa_search_precision": "bfloat16"})
+    assert floor_ratios(fp32, tails, [1.0])["floor_ratio"] == pytest.approx(1.6)
+    floor = floor_ratios(bf16, tails, [1.0])
+    assert floor["floor_ratio"] == pytest.approx(1.15)
+    assert floor["tail_ms"] == {cut.name: pytest.approx(50.0)}
+    # ADA training on the clean loss: its first tail is that float32 pass
+    ada = SimpleNamespace(search_steps=3, cuts=[cut], hparams={
+        "ada_clean_weight": 0.5, "ada_search_precision": "bfloat16"})
+    floor = floor_ratios(ada, tails, [1.0])
+    assert floor["floor_ratio"] == pytest.approx(1.3)
+    assert floor["floor_with_clean_ratio"] == pytest.approx(1.4)
+
+
+def test_a_target_for_some_devices_only_is_left_out_on_the_others():
+    from lpa_domainbed.tools import bench
+
+    def row(algorithm, mode, device):
+        return {"kind": "benchmark", "network": "ResNet-50", "algorithm": algorithm,
+                "mode": mode, "time_ms_all": [1.0, 2.0] if mode == "exact" else [1.2, 2.6],
+                "peak_mem_ratio": 1.0, "machine": {"device": device}}
+
+    for device, expected in (("cpu", [pytest.approx(1.25)]), ("cuda", [])):
+        records = [row("ERM", "-", device), row("LPA", "exact", device),
+                   row("LPA", "lowrank", device)]
+        lowrank = [t["value"] for t in bench.evaluate_targets(records) if "low-rank" in t["target"]]
+        assert lowrank == expected, device
+
+
+def test_the_tail_probe_times_the_tail_under_bfloat16_autocast():
+    from lpa_domainbed.tools import bench
+    from lpa_domainbed.tools.bench.timing import Clock, TailProbe
+
+    net = dataclasses.replace(bench.MNIST_CNN, per_domain=2)
+    probe = TailProbe(net, ["featurizer.bn2"], "cpu", bench.make_batch(net, "cpu"),
+                      Clock("cpu", "cpu"), ("bfloat16", "float32"))
+    (times,) = probe.measure().values()
+    assert set(times) == {"tail", "clean_backward", "tail_bfloat16"}
+    assert all(positive_finite(t) for t in times.values())

@@ -35,6 +35,8 @@ class ADA(ActivationPerturbation):
             hp.HParam("ada_steps", 3, doc="T, PGD steps", check=hp.at_least(1)),
             hp.HParam("ada_clean_weight", 0.5, hp.choice([0.0, 0.5]), "weight of clean loss",
                       check=hp.within(0, 1)),
+            hp.HParam("ada_search_precision", "float32", doc="the search's tail evaluations "
+                      "(autocast)", choices=pgd.PRECISIONS),
         ]
 
     def uses_tail(self, cut):
@@ -52,7 +54,7 @@ class ADA(ActivationPerturbation):
         delta, clean = pgd.l2_pgd(
             lambda z: ctx.tail(z, detach_head=not keep_clean) if z is a else ctx.tail(z),
             a, y, groups, radius, torch.ones_like(radius), int(self.hparams["ada_steps"]),
-            clean_graph=keep_clean)
+            clean_graph=keep_clean, precision=self.hparams["ada_search_precision"])
         if keep_clean:
             ctx.scratch.setdefault("clean_losses", []).append(clean)
         ctx.clean_losses[ctx.cut.name] = clean.detach()

@@ -79,6 +79,8 @@ class LPA(ActivationPerturbation):
                       check=hp.within(0, 1, "[)")),
             hp.HParam("lpa_bn_stats", "batch", doc="BatchNorm statistics in the search (clean: "
                       "ours)", choices=BN_STATS),
+            hp.HParam("lpa_search_precision", "float32", doc="the search's tail evaluations "
+                      "(autocast)", choices=pgd.PRECISIONS),
         ]
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
@@ -161,7 +163,8 @@ class LPA(ActivationPerturbation):
             return logits
 
         delta, clean = pgd.l2_pgd(tail, a, y, groups, radius, sign,
-                                  int(self.hparams["lpa_steps"]), self.hparams["lpa_lowrank"])
+                                  int(self.hparams["lpa_steps"]), self.hparams["lpa_lowrank"],
+                                  precision=self.hparams["lpa_search_precision"])
         ctx.clean_losses[ctx.cut.name] = clean
         return a + delta[groups].to(a.dtype)
 

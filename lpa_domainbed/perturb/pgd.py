@@ -11,10 +11,28 @@ length and ``T = 1`` gives exactly ``delta_g = sign_g * r_g * g_g / |g_g|``.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["group_mean", "unit", "project", "low_rank", "l2_pgd"]
+__all__ = ["PRECISIONS", "group_mean", "unit", "project", "low_rank", "l2_pgd",
+           "search_autocast"]
+
+#: The search's precisions (``lpa_search_precision``, ``ada_search_precision``).
+PRECISIONS = ("float32", "bfloat16")
+
+
+def search_autocast(device: torch.device, precision: str):
+    """The context of a search's tail evaluations: ``torch.autocast`` in bfloat16 on CPU and
+    CUDA for ``precision = "bfloat16"``, nothing for ``"float32"`` (or another device type).
+    Only the tail's forward (and so its backward) runs in reduced precision: delta, the
+    projections and the radii stay float32, and the training pass is not inside it."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"search precision {precision!r}: expected one of {PRECISIONS}")
+    if precision == "float32" or device.type not in ("cpu", "cuda"):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def _bshape(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -88,7 +106,8 @@ def flat_basis(per_sample_grads: torch.Tensor, groups: torch.Tensor, num_groups:
 
 
 def l2_pgd(tail, a: torch.Tensor, y: torch.Tensor, groups: torch.Tensor, radius: torch.Tensor,
-           sign: torch.Tensor, steps: int, lowrank: float = 0.0, clean_graph: bool = False):
+           sign: torch.Tensor, steps: int, lowrank: float = 0.0, clean_graph: bool = False,
+           precision: str = "float32"):
     """``T = steps`` normalized l2 PGD steps on a perturbation shared within each group.
 
     Args:
@@ -99,7 +118,11 @@ def l2_pgd(tail, a: torch.Tensor, y: torch.Tensor, groups: torch.Tensor, radius:
         radius: ball radius per group ``[G]``; sign: +1 (maximize loss) or -1 (minimize) ``[G]``.
         lowrank: ``k / d`` ratio of :func:`low_rank` (0: full rank).
         clean_graph: if True, ``tail`` is first called on ``a`` itself with the graph kept, and
-            the clean per-sample losses returned carry it (ADA trains on them too).
+            the clean per-sample losses returned carry it (ADA trains on them too); that
+            evaluation is part of the training pass, so it runs in float32 whatever
+            ``precision``.
+        precision: ``"float32"`` or ``"bfloat16"``: the tail evaluations run under
+            :func:`search_autocast`; the gradients, delta and its projection are float32.
 
     Returns:
         ``(delta [G, ...] float32, clean per-sample losses [B])``.
@@ -120,7 +143,10 @@ def l2_pgd(tail, a: torch.Tensor, y: torch.Tensor, groups: torch.Tensor, radius:
         else:
             z = (a.detach() + (delta if per_sample else delta[groups]).to(a.dtype)
                  ).requires_grad_(True)
-        losses = F.cross_entropy(tail(z).float(), y, reduction="none")
+        with (contextlib.nullcontext() if clean_graph and t == 0
+              else search_autocast(a.device, precision)):
+            logits = tail(z)
+        losses = F.cross_entropy(logits.float(), y, reduction="none")
         (g,) = torch.autograd.grad(losses.sum(), z, retain_graph=clean_graph and t == 0)
         if t == 0:
             clean = losses if clean_graph else losses.detach()

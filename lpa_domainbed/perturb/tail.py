@@ -105,7 +105,11 @@ def _constant_stats_batchnorm(bn, stats: dict, x: torch.Tensor) -> torch.Tensor:
         detached = x.detach().float()
         stats[bn] = (detached.mean(dims), detached.var(dims, unbiased=False))  # as BN's forward
     mean, var = stats[bn]
-    return F.batch_norm(x, mean.to(x.dtype), var.to(x.dtype), bn.weight, bn.bias,
+    # The statistics take the dtype of BatchNorm's own parameters, not the activation's: under
+    # autocast a bfloat16 activation meets float32 weight and bias, and the kernels (CPU and
+    # cuDNN) accept that only with float32 statistics.
+    dtype = bn.weight.dtype if bn.weight is not None else x.dtype
+    return F.batch_norm(x, mean.to(dtype), var.to(dtype), bn.weight, bn.bias,
                         training=False, eps=bn.eps)
 
 

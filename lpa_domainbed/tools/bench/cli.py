@@ -12,8 +12,8 @@ from typing import Callable
 
 import torch
 
-from lpa_domainbed.tools.bench.config import NETWORKS, RESNET50, NetworkSpec, Settings, Variant, \
-    variants
+from lpa_domainbed.tools.bench.config import EXPLICIT_VARIANTS, NETWORKS, RESNET50, NetworkSpec, \
+    Settings, Variant, available, variants
 from lpa_domainbed.tools.bench.demo import demo_record
 from lpa_domainbed.tools.bench.measure import benchmark_network
 from lpa_domainbed.tools.bench.report import _fmt, markdown
@@ -30,9 +30,10 @@ DEMO_TIMING = Path("results") / "demo" / "timing.json"
 
 def run(nets: list[NetworkSpec], settings: Settings, device: str = "cpu",
         out: Path | None = None, log: Callable[[str], None] | None = print,
-        variant_list: list[Variant] | None = None, demo_timing: Path | None = None
-        ) -> list[dict]:
-    """Benchmark ``nets``; write ``latest.json`` / ``latest.md`` under ``out`` (if given)."""
+        variant_list: list[Variant] | None = None, demo_timing: Path | None = None,
+        instrument: Callable[[str, object], None] | None = None) -> list[dict]:
+    """Benchmark ``nets``; write ``latest.json`` / ``latest.md`` under ``out`` (if given).
+    ``instrument``: see :func:`~lpa_domainbed.tools.bench.measure.benchmark_network`."""
     def say(msg):
         if log is not None:
             log(msg)
@@ -44,11 +45,15 @@ def run(nets: list[NetworkSpec], settings: Settings, device: str = "cpu",
         machine = describe_machine(device)
         say(f"==> machine: {machine_line(machine)}; clock: {settings.clock}")
         variant_list = variant_list or variants()
+        left_out = [v.key for v in EXPLICIT_VARIANTS if not available(v)]
+        if left_out:
+            say(f"==> left out (an hparam this code does not have): {', '.join(left_out)}")
         records = []
         needs_resnet = any(n.input_shape[1:] == (224, 224) for n in nets)
         with offline_weights() if needs_resnet else contextlib.nullcontext():
             for net in nets:
-                records += benchmark_network(net, variant_list, settings, device, log)
+                records += benchmark_network(net, variant_list, settings, device, log,
+                                             instrument)
     finally:
         torch.set_num_threads(saved_threads)
     for rec in records:
@@ -83,6 +88,9 @@ def main(argv=None) -> int:
     parser.add_argument("--networks", default="resnet50,mnist_cnn",
                         help=f"comma-separated, from {', '.join(NETWORKS)}")
     parser.add_argument("--rounds", type=int, default=None, help="override the rounds")
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated variant keys to run (ERM, the reference, is "
+                             "always first), e.g. 'LPA[exact],LPA[exact_bf16]'; default: all")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: 1 on CPU, so that the CPU clock is exact "
                              "and other processes disturb little; torch's default on CUDA)")
@@ -107,5 +115,14 @@ def main(argv=None) -> int:
                 if n is RESNET50 else dataclasses.replace(n, per_domain=8) for n in nets]
     if args.rounds:
         settings = dataclasses.replace(settings, rounds=args.rounds)
-    run(nets, settings, args.device, Path(args.out), log=lambda m: print(m, flush=True))
+    chosen = None
+    if args.variants:
+        every = {v.key: v for v in variants()}
+        keys = [k.strip() for k in args.variants.split(",") if k.strip()]
+        unknown = [k for k in keys if k not in every]
+        if unknown:
+            parser.error(f"--variants: unknown {unknown}; choose from {', '.join(every)}")
+        chosen = [every["ERM"]] + [every[k] for k in keys if k != "ERM"]
+    run(nets, settings, args.device, Path(args.out), log=lambda m: print(m, flush=True),
+        variant_list=chosen)
     return 0

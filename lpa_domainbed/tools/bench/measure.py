@@ -8,7 +8,7 @@ from typing import Callable
 
 import torch
 
-from lpa_domainbed.tools.bench.config import NetworkSpec, Settings, Variant
+from lpa_domainbed.tools.bench.config import NetworkSpec, Settings, Variant, search_precision
 from lpa_domainbed.tools.bench.floor import floor_ratios, search_steps
 from lpa_domainbed.tools.bench.memory import measure_memory
 from lpa_domainbed.tools.bench.networks import build, make_batch
@@ -41,7 +41,7 @@ def _rounds(algs: dict, probe, batch, clock: Clock, settings: Settings, log):
                 walls[item].append(wall)
                 cpus[item].append(cpu)
         tails.append({name: {part: statistics.median(t[name][part] for t in round_tail)
-                             for part in ("tail", "clean_backward")}
+                             for part in round_tail[0][name]}
                       for name in (round_tail[0] if round_tail else {})})
         _log(f"    round {r + 1}/{settings.rounds} (ms): "
              + "  ".join(f"{k} {1e3 * times[k][-1]:.0f}" for k in keys), log)
@@ -49,18 +49,25 @@ def _rounds(algs: dict, probe, batch, clock: Clock, settings: Settings, log):
 
 
 def benchmark_network(net: NetworkSpec, variant_list: list[Variant], settings: Settings,
-                      device: str = "cpu", log: Callable[[str], None] | None = print
-                      ) -> list[dict]:
-    """Time and measure every variant on ``net``; returns one record per variant."""
+                      device: str = "cpu", log: Callable[[str], None] | None = print,
+                      instrument: Callable[[str, object], None] | None = None) -> list[dict]:
+    """Time and measure every variant on ``net``; returns one record per variant.
+    ``instrument(key, algorithm)``, if given, sees each algorithm once it is built (the GPU
+    check counts the synchronizations of its ``update``)."""
     if variant_list[0].algorithm != "ERM":
         raise ValueError("the first variant must be ERM (the reference)")
     _log(f"==> {net.describe()}", log)
     clock = Clock(settings.clock, device)
     batch = make_batch(net, device)
     algs = {v.key: build(v, net, device) for v in variant_list}
+    for key, alg in algs.items():
+        if instrument is not None:
+            instrument(key, alg)
     keys = list(algs)
     pgd_cuts = sorted({c.name for a in algs.values() if search_steps(a) for c in a.cuts})
-    probe = TailProbe(net, pgd_cuts, device, batch, clock) if pgd_cuts else None
+    precisions = tuple(sorted({search_precision(a.hparams) for a in algs.values()
+                               if search_steps(a)}))
+    probe = TailProbe(net, pgd_cuts, device, batch, clock, precisions) if pgd_cuts else None
     _log(f"    warm-up: {settings.warmup} update(s) per variant; then {settings.rounds} rounds, "
          f"each timing every variant's update() once (round-robin) and the tail "
          f"(t_tail: CutForward.tail + grad to the cut) at the PGD cuts {pgd_cuts}", log)
@@ -82,6 +89,7 @@ def benchmark_network(net: NetworkSpec, variant_list: list[Variant], settings: S
             "kind": "benchmark", "network": net.name, "network_built": net.network,
             "algorithm": v.algorithm, "mode": v.mode, "hparams": dict(v.overrides),
             "cuts": [c.name for c in getattr(alg, "cuts", [])], "clock": settings.clock,
+            "search_precision": search_precision(alg.hparams) if search_steps(alg) else None,
             "time_ms": 1e3 * statistics.median(t), "time_ms_all": [1e3 * x for x in t],
             "wall_ms": 1e3 * statistics.median(walls[v.key]),
             "cpu_ms": 1e3 * statistics.median(cpus[v.key]),

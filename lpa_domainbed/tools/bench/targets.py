@@ -37,6 +37,9 @@ def evaluate_targets(records: list[dict], targets=TARGETS) -> list[dict]:
             else:
                 chosen = [rows[target["variant"]]] if target["variant"] in rows else []
             for row in chosen:
+                device = row.get("machine", {}).get("device", "cpu")
+                if target.get("devices") and device not in target["devices"]:
+                    continue
                 value = _value(target, row, rows)
                 if value is None:
                     continue

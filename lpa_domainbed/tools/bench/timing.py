@@ -49,14 +49,17 @@ class TailProbe:
     """Times, at each cut, one PGD step's tail evaluation ``f_{l+1:L}(z)`` plus the backward
     to ``z`` (``t_tail``), and the extra backward of a clean term that trains the tail
     (``t_clean_backward``: its backward to ``z`` and the tail's weights), with the package's
-    own :class:`~lpa_domainbed.perturb.tail.CutForward` on an untimed copy of the network."""
+    own :class:`~lpa_domainbed.perturb.tail.CutForward` on an untimed copy of the network;
+    for each of ``precisions`` other than float32, the tail evaluation under that autocast
+    (``t_tail_bfloat16``: the reduced-precision search's step)."""
 
     def __init__(self, net: NetworkSpec, cut_names: list[str], device: str, batch: list,
-                 clock: Clock):
+                 clock: Clock, precisions: tuple[str, ...] = ("float32",)):
         from lpa_domainbed.perturb.layers import resolve_cuts
         from lpa_domainbed.perturb.tail import CutForward
 
         self.device, self.clock = device, clock
+        self.reduced = [p for p in precisions if p != "float32"]  # e.g. bfloat16 autocast
         self.model = build(Variant("ERM", "-"), net, device)
         self.cuts = resolve_cuts(self.model, cut_names) if cut_names else []
         self.forward = CutForward(self.model.network, self.cuts)
@@ -79,7 +82,14 @@ class TailProbe:
                 t2 = clock()
                 torch.autograd.grad(losses.sum(), [z, *self.params], allow_unused=True)
                 t3 = clock()
-            times[cut.name] = {"tail": t1 - t0, "clean_backward": t3 - t2}
+                times[cut.name] = {"tail": t1 - t0, "clean_backward": t3 - t2}
+                for precision in self.reduced:  # the search's tail under autocast
+                    t4 = clock()
+                    with torch.autocast(z.device.type, dtype=getattr(torch, precision)):
+                        logits = forward.tail(z, cut)
+                    losses = F.cross_entropy(logits.float(), y, reduction="none")
+                    torch.autograd.grad(losses.sum(), z)
+                    times[cut.name][f"tail_{precision}"] = clock() - t4
             return None
 
         with torch.no_grad():  # the untimed rest of the real pass needs no graph
