@@ -12,6 +12,7 @@ from scipy import stats  # noqa: E402
 from test_tables import write_job  # noqa: E402  (DomainBed records with a known selection)
 
 from lpa_domainbed.tools import paired, tables  # noqa: E402
+from lpa_domainbed.tools.tables_frame import results_frame  # noqa: E402
 
 DATASET = "TwoDomains"  # not a DomainBed dataset: its 2 domains are named '0' and '1'
 TDV = "training_domain_validation"
@@ -49,7 +50,7 @@ def hand_interval(diffs):
 @pytest.fixture
 def rows(tmp_path):
     records, _ = tables.load_records(write_sweep(tmp_path / "sweep"))
-    return paired.compute_paired(records, (TDV, "oracle"))
+    return paired.compute_paired(results_frame(records, (TDV, "oracle")))
 
 
 def one(rows, algorithm, test_env, selection=TDV):
@@ -168,10 +169,12 @@ def test_baseline_alone_writes_no_paired_files(tmp_path, capsys):
     assert "ERM is the only algorithm" in capsys.readouterr().out
 
 
-def test_forest_plot_skips_datasets_without_pairs(tmp_path):
-    rows = pd.DataFrame([dict(test_env="Avg", algorithm="A", n_pairs=0, mean_diff=np.nan,
-                              ci_low=np.nan, ci_high=np.nan, excludes_zero=False)])
+def test_forest_plot_skips_datasets_without_pairs():
+    rows = pd.DataFrame([dict(test_env="Avg", algorithm="A", label="A", n_pairs=0,
+                              mean_diff=np.nan, ci_low=np.nan, ci_high=np.nan,
+                              excludes_zero=False)])
     from lpa_domainbed.tools.paired_plot import plot_forest
 
-    assert plot_forest(rows, tmp_path / "x.png", "x") is False
-    assert not (tmp_path / "x.png").exists()
+    assert plot_forest(rows, "x") is None
+    rows.loc[0, ["n_pairs", "mean_diff"]] = 1, 0.5  # one pair: a hollow marker, a PNG
+    assert plot_forest(rows, "x")[:8] == b"\x89PNG\r\n\x1a\n"
