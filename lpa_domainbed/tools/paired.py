@@ -227,22 +227,22 @@ def paired_outputs(results, name, baseline="ERM", pairs=(), plots=True):
     elif results.algorithms == [baseline] and not pairs:
         message = f"paired comparisons skipped: {baseline} is the only algorithm in this sweep."
     rows = compute_paired(results, baseline, pairs)
+    against = baseline or ", ".join(dict.fromkeys(b for _, b in pairs))
+    minus = f"accuracy minus {against}" + ("; --pair rows A - B" if pairs else "")
     files, markdown = {}, {}
     for selection, part in rows.groupby("selection", sort=False):
         method_name = SELECTION_METHODS[selection].name
-        against = baseline or ", ".join(dict.fromkeys(b for _, b in pairs))
         markdown[selection] = _markdown(part, method_name, name, against, pairs)
         files[f"paired_{selection}.md"] = markdown[selection]
         files[f"paired_{selection}.csv"] = part[CSV_COLUMNS].to_csv(index=False)
         files[f"paired_{selection}.tex"] = "".join(
             latex_table(_dataset_table(part[part.dataset == d]),
-                        f"{d}: accuracy minus {against} (points), paired by trial, "
-                        f"model selection: {method_name}")
+                        f"{d}: {minus} (points), paired by trial, model selection: {method_name}")
             for d in part.dataset.unique())
         for dataset in part.dataset.unique() if plots else ():
             png = plot_forest(part[part.dataset == dataset],
-                              f"{dataset}: accuracy minus {against}, {method_name} (red: "
-                              f"95% interval excludes 0; hollow: 1 pair, no interval)")
+                              f"{dataset}: {minus}, {method_name} (red: 95% interval excludes "
+                              f"0; hollow: 1 pair, no interval)")
             if png is not None:
                 files[f"paired_{selection}_{dataset}.png"] = png
     result = PairedResult(baseline, rows, markdown, files) if not rows.empty else None

@@ -168,7 +168,7 @@ def _pair(text):
 
 
 def main(argv=None):
-    """Command line: ``python -m lpa_domainbed.tools.tables --input_dir DIR [DIR ...] --name NAME``."""
+    """``python -m lpa_domainbed.tools.tables --input_dir DIR [DIR ...] --name NAME``."""
     parser = argparse.ArgumentParser(prog="lpa-domainbed tables",
                                      description="Result tables for DomainBed sweeps")
     parser.add_argument("--input_dir", nargs="+", required=True, help="sweep output dir(s)")

@@ -109,14 +109,15 @@ def _average_cell(key, domain_cells, averages, n_expected):
                  _union(c["restarted"] for c in domain_cells))
 
 
-def _overview_cells(selection, algorithm, dataset_averages, averages):
-    """DomainBed's averages table for one algorithm, plus the mean over datasets."""
+def _overview_cells(selection, algorithm, averages):
+    """DomainBed's averages table for one algorithm, plus the mean over datasets;
+    ``averages``: per dataset, (its domain average cell, its trial averages)."""
     cells = []
-    for dataset, average in dataset_averages.items():
+    for average, trials in averages:
         if math.isnan(average["mean"]):
             cells.append(average)
             continue
-        mean, se, _ = format_mean(averages[dataset].acc.tolist(), False)
+        mean, se, _ = format_mean(trials.acc.tolist(), False)
         cells.append({**average, "mean": mean, "se": se})
     key = (selection, AVERAGE, algorithm, AVERAGE)
     if any(math.isnan(c["mean"]) for c in cells):
@@ -138,7 +139,7 @@ def cell_tables(results):
                                                    sort=False)))
     cells, overview = [], []
     for selection in results.selections:
-        averages = {}
+        averages = {}  # (dataset, algorithm) -> (the domain average cell, the trial averages)
         for dataset in results.datasets:
             n_expected = results.n_trials(dataset)
             for algorithm in results.algorithms:
@@ -148,15 +149,13 @@ def cell_tables(results):
                                  n_expected)
                     for env, name in enumerate(results.environments[dataset])]
                 trials = trial_averages(by_algorithm.get((selection, dataset, algorithm), empty))
-                averages[dataset, algorithm] = trials
-                cells += domain_cells + [_average_cell((selection, dataset, algorithm, AVERAGE),
-                                                       domain_cells, trials, n_expected)]
-        dataset_averages = {(c["dataset"], c["algorithm"]): c for c in cells
-                            if c["selection"] == selection and c["test_env"] == AVERAGE}
+                average = _average_cell((selection, dataset, algorithm, AVERAGE), domain_cells,
+                                        trials, n_expected)
+                averages[dataset, algorithm] = average, trials
+                cells += domain_cells + [average]
         for algorithm in results.algorithms:
-            overview += _overview_cells(
-                selection, algorithm, {d: dataset_averages[d, algorithm] for d in results.datasets},
-                {d: averages[d, algorithm] for d in results.datasets})
+            overview += _overview_cells(selection, algorithm,
+                                        [averages[d, algorithm] for d in results.datasets])
     return _tidy(cells), _tidy(overview)
 
 
