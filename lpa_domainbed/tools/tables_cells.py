@@ -18,6 +18,7 @@ from domainbed.scripts.collect_results import format_mean
 
 from lpa_domainbed.tools.tables_frame import (AVERAGE, SELECTION_METHODS, results_frame,
                                               trial_averages)
+from lpa_domainbed.tools.tables_load import INCOMPLETE_MARK, RESTARTED_MARK
 
 __all__ = ["CSV_COLUMNS", "CELL_COLUMNS", "INCOMPLETE_MARK", "RESTARTED_MARK", "format_cell",
            "format_table", "cell_tables", "compute_tables"]
@@ -26,8 +27,6 @@ CSV_COLUMNS = ["selection", "dataset", "algorithm", "test_env", "mean", "se", "n
                "incomplete_jobs"]
 #: the cells as computed: the CSV's columns, restarted jobs, the job sets, the formatted text
 CELL_COLUMNS = CSV_COLUMNS + ["restarted_jobs", "incomplete", "restarted", "text"]
-INCOMPLETE_MARK = "†"  # a cell that uses records of an incomplete job
-RESTARTED_MARK = "‡"  # a cell that uses a job whose results.jsonl holds several attempts
 
 
 def format_cell(mean, se, note, n_trials=2, incomplete_jobs=0, restarted_jobs=0):

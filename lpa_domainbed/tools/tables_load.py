@@ -21,13 +21,16 @@ from pathlib import Path
 
 from domainbed.lib.query import Q
 
-__all__ = ["LoadReport", "load_records", "INCOMPLETE_KEY", "RESTARTED_KEY", "HOW_TO_GET_RESULTS"]
+__all__ = ["LoadReport", "load_records", "INCOMPLETE_KEY", "RESTARTED_KEY", "INCOMPLETE_MARK",
+           "RESTARTED_MARK", "HOW_TO_GET_RESULTS"]
 
 HOW_TO_GET_RESULTS = "run the sweep first: make sweep NAME=... or make demo"
 #: set on a record (a dict) that comes from an incomplete job; DomainBed ignores extra keys
 INCOMPLETE_KEY = "_lpa_incomplete_job"
 #: set on a record of a job whose results.jsonl holds several attempts (the last is read)
 RESTARTED_KEY = "_lpa_restarted_job"
+INCOMPLETE_MARK = "†"  # marks a table cell that uses records of an incomplete job
+RESTARTED_MARK = "‡"  # marks a table cell that uses records of a restarted job
 REQUIRED_ARGS = {"dataset": str, "algorithm": str, "test_envs": list, "trial_seed": int,
                  "hparams_seed": int}
 TRAINING_OUTPUT = ("results.jsonl", "out.txt", "err.txt")  # written by DomainBed's train.py
@@ -57,10 +60,11 @@ class LoadReport:
         if self.skipped_lines:
             text += f"; skipped {sum(self.skipped_lines.values())} corrupt lines"
         if self.incomplete_jobs:
-            verb = "excluded" if self.complete_only else "marked †"
+            verb = "excluded" if self.complete_only else f"marked {INCOMPLETE_MARK}"
             text += f"; {len(self.incomplete_jobs)} incomplete jobs ({verb})"
         if self.restarted_jobs:
-            text += f"; {len(self.restarted_jobs)} restarted jobs (last attempt used, marked ‡)"
+            text += (f"; {len(self.restarted_jobs)} restarted jobs (last attempt used, marked "
+                     f"{RESTARTED_MARK})")
         if self.not_run:
             text += f"; {len(self.not_run)} job directories not run"
         return text
@@ -223,12 +227,12 @@ def _warn(report):
                       f"{len(report.skipped_lines)} file(s): {', '.join(report.skipped_lines)}")
     if report.incomplete_jobs:
         action = ("excluded (--complete_only)" if report.complete_only
-                  else "their cells are marked †")
+                  else f"their cells are marked {INCOMPLETE_MARK}")
         warnings.warn(f"{len(report.incomplete_jobs)} incomplete job(s), {action}: "
                       f"{', '.join(report.incomplete_jobs)}")
     if report.restarted_jobs:
         warnings.warn(f"{len(report.restarted_jobs)} restarted job(s) (several attempts in "
-                      f"results.jsonl; the last is used, their cells are marked ‡): "
+                      f"results.jsonl; the last is used, their cells are marked {RESTARTED_MARK}): "
                       f"{', '.join(report.restarted_jobs)}")
     if report.not_run:
         warnings.warn(f"{len(report.not_run)} job director(ies) never started training "
