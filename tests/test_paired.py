@@ -12,6 +12,7 @@ from scipy import stats  # noqa: E402
 from test_tables import write_job  # noqa: E402  (DomainBed records with a known selection)
 
 from lpa_domainbed.tools import paired, tables  # noqa: E402
+from lpa_domainbed.tools.tables_frame import results_frame  # noqa: E402
 
 DATASET = "TwoDomains"  # not a DomainBed dataset: its 2 domains are named '0' and '1'
 TDV = "training_domain_validation"
@@ -49,7 +50,7 @@ def hand_interval(diffs):
 @pytest.fixture
 def rows(tmp_path):
     records, _ = tables.load_records(write_sweep(tmp_path / "sweep"))
-    return paired.compute_paired(records, (TDV, "oracle"))
+    return paired.compute_paired(results_frame(records, (TDV, "oracle")))
 
 
 def one(rows, algorithm, test_env, selection=TDV):
@@ -168,10 +169,35 @@ def test_baseline_alone_writes_no_paired_files(tmp_path, capsys):
     assert "ERM is the only algorithm" in capsys.readouterr().out
 
 
-def test_forest_plot_skips_datasets_without_pairs(tmp_path):
-    rows = pd.DataFrame([dict(test_env="Avg", algorithm="A", n_pairs=0, mean_diff=np.nan,
-                              ci_low=np.nan, ci_high=np.nan, excludes_zero=False)])
+def test_forest_plot_skips_datasets_without_pairs():
+    rows = pd.DataFrame([dict(test_env="Avg", algorithm="A", label="A", n_pairs=0,
+                              mean_diff=np.nan, ci_low=np.nan, ci_high=np.nan,
+                              excludes_zero=False)])
     from lpa_domainbed.tools.paired_plot import plot_forest
 
-    assert plot_forest(rows, tmp_path / "x.png", "x") is False
-    assert not (tmp_path / "x.png").exists()
+    assert plot_forest(rows, "x") is None
+    rows.loc[0, ["n_pairs", "mean_diff"]] = 1, 0.5  # one pair: a hollow marker, a PNG
+    assert plot_forest(rows, "x")[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pair_compares_two_variants_besides_the_baseline(tmp_path, capsys):
+    """--pair A:B adds 'A - B' rows, paired by trial like the baseline's; the rest stays."""
+    sweep = write_sweep(tmp_path / "sweep")
+    out_root = tmp_path / "results"
+    argv = ["--input_dir", str(sweep), "--out_root", str(out_root), "--no-plots"]
+    assert tables.main([*argv, "--name", "plain"]) == 0
+    assert tables.main([*argv, "--name", "p", "--pair", "Better:Partial", "--pair",
+                        "Single:Better"]) == 0
+    csv = pd.read_csv(out_root / "p" / f"paired_{TDV}.csv")
+    plain = pd.read_csv(out_root / "plain" / f"paired_{TDV}.csv")
+    pd.testing.assert_frame_equal(csv.iloc[:len(plain)], plain)  # the baseline rows as before
+    extra = csv.iloc[len(plain):]
+    assert list(zip(extra.algorithm, extra.baseline)) == [("Better", "Partial")] * 3 + [
+        ("Single", "Better")] * 3
+    env0 = extra[(extra.baseline == "Partial") & (extra.test_env.astype(str) == "0")].iloc[0]
+    assert env0.mean_diff == pytest.approx(hand_interval([13, 6])[0])  # trials 0, 1
+    assert env0.ci_low == pytest.approx(hand_interval([13, 6])[1])
+    markdown = (out_root / "p" / f"paired_{TDV}.md").read_text()
+    assert "| Better - Partial |" in markdown and "Rows 'A - B' (--pair A:B)" in markdown
+    assert "- Better - Partial, 0: trial 2 only in the algorithm" in markdown
+    assert "Rows 'A - B'" not in (out_root / "plain" / f"paired_{TDV}.md").read_text()

@@ -1,19 +1,22 @@
 """Paired comparisons against a baseline algorithm: the part of ``make tables`` that says
-whether an algorithm beats ERM (or ``--baseline NAME``) beyond trial-to-trial noise.
+whether an algorithm beats ERM (or ``--baseline NAME``) beyond trial-to-trial noise, and, for
+each ``--pair A:B``, whether A beats B (two variants of one method, say).
 
 DomainBed's ``trial_seed`` fixes the data split (which examples are train, validation and
-test), so an algorithm and the baseline run with the same trial seed saw the same data: the
-comparison pairs trials by it. For each model-selection method, dataset, held-out domain and
-the dataset average, with ``d_t = acc_algorithm(t) - acc_baseline(t)`` in percentage points
-over the paired trial seeds ``t``, we report the mean of ``d_t`` and its 95% confidence interval
-from Student's t distribution with ``n - 1`` degrees of freedom (the paired t-test of
-``scipy.stats.ttest_rel``). The selected accuracy per trial is DomainBed's own:
-``reporting.get_grouped_records`` then each selection method's ``sweep_acc``.
+test), so two algorithms run with the same trial seed saw the same data: the comparison pairs
+trials by it. For each model-selection method, dataset, held-out domain and the dataset
+average, with ``d_t = acc_algorithm(t) - acc_baseline(t)`` in percentage points over the paired
+trial seeds ``t``, we report the mean of ``d_t`` and its 95% confidence interval from Student's
+t distribution with ``n - 1`` degrees of freedom (the paired t-test of
+``scipy.stats.ttest_rel``). The selected accuracies are the results frame's
+(:mod:`lpa_domainbed.tools.tables_frame`): DomainBed's grouping and ``sweep_acc``.
 
 Trials present on one side only are listed, never silently dropped; the dataset average of a
 trial needs every held-out domain of that trial; fewer than 2 pairs give no interval.
 Output: ``paired_<selection>.{md,csv,tex}`` and one forest plot per dataset and selection.
 """
+
+from __future__ import annotations
 
 import dataclasses
 import math
@@ -23,33 +26,37 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from domainbed import algorithms, datasets
-from domainbed.lib import reporting
-from lpa_domainbed.tools.tables import _environment_names, _in_registry_order
-from lpa_domainbed.tools.tables_write import SELECTION_METHODS, _latex_table, _markdown_table
+from lpa_domainbed.tools.paired_plot import plot_forest
+from lpa_domainbed.tools.tables_frame import AVERAGE, SELECTION_METHODS, trial_averages
+from lpa_domainbed.tools.tables_write import latex_table, markdown_table
 
-__all__ = ["CSV_COLUMNS", "CONFIDENCE", "PairedResult", "paired_difference",
-           "compute_paired", "format_paired_cell", "write_paired"]
+__all__ = ["CSV_COLUMNS", "ROW_COLUMNS", "CONFIDENCE", "PairError", "PairedResult",
+           "paired_difference", "compute_paired", "check_pairs", "format_paired_cell",
+           "paired_outputs"]
 
 CSV_COLUMNS = ["selection", "dataset", "test_env", "algorithm", "baseline", "n_pairs",
                "mean_diff", "ci_low", "ci_high"]
+#: the rows as computed: the CSV's, whether the interval excludes 0, why a cell lacks pairs
+#: or an interval, and the row's label in the tables (the algorithm, or 'A - B' for a --pair)
+ROW_COLUMNS = CSV_COLUMNS + ["excludes_zero", "note", "label"]
 CONFIDENCE = 0.95
-AVERAGE = "Avg"
 
 
-@dataclasses.dataclass
+class PairError(ValueError):
+    """A --pair whose algorithms the sweep does not have; the message names those it has."""
+
+
+@dataclasses.dataclass(frozen=True)
 class PairedResult:
-    """``rows``: one comparison per selection/dataset/held-out domain (or 'Avg')/algorithm with
-    the CSV columns plus ``excludes_zero`` and ``note`` (unpaired trials, why no interval);
-    ``markdown``: per selection; ``files``: everything written."""
+    """``rows``: one comparison per selection/dataset/held-out domain (or 'Avg')/algorithm
+    (:data:`ROW_COLUMNS`); ``markdown``: per selection; ``outputs``: ``{file name: content}``."""
 
     baseline: str
     rows: pd.DataFrame
     markdown: dict
-    files: list
+    outputs: dict
 
 
-# ----------------------------------------------------------------------------- numbers
 def paired_difference(algorithm_accs, baseline_accs):
     """Pair two ``{trial_seed: accuracy in [0, 1]}`` dicts by trial seed.
 
@@ -80,74 +87,81 @@ def _trials(seeds):
     return ("trial " if len(seeds) == 1 else "trials ") + ", ".join(map(str, sorted(seeds)))
 
 
-def _selected_accuracies(records, selection):
-    """{(dataset, algorithm, test_env index): {trial_seed: selected test accuracy}}."""
-    method = SELECTION_METHODS[selection]
-    accs = {}
-    for group in reporting.get_grouped_records(records):
-        acc = method.sweep_acc(group["records"])
-        if acc is not None:
-            key = (group["dataset"], group["algorithm"], group["test_env"])
-            accs.setdefault(key, {})[group["trial_seed"]] = acc
-    return accs
+def _accuracies(rows, n_envs):
+    """Of one algorithm's rows (one selection and dataset): per held-out domain index
+    ``{trial_seed: acc}``; the averages ``{trial_seed: acc}`` of the trials with every domain;
+    and the trial seeds left out of the averages because some domain is missing."""
+    selected = rows[rows.acc.notna()]
+    per_env = {env: dict(zip(part.trial_seed, part.acc))
+               for env, part in selected.groupby("test_env", sort=False)}
+    averages = trial_averages(rows.sort_values("test_env", kind="stable"))  # domain order
+    complete = averages.n_domains == n_envs
+    return per_env, averages.acc[complete].to_dict(), set(averages.index[~complete])
 
 
-def _trial_averages(accs, dataset, algorithm, n_envs):
-    """Per trial seed, the mean selected accuracy over held-out domains, for trials that have
-    every domain; also the trial seeds left out because some domain is missing."""
-    per_env = [accs.get((dataset, algorithm, env), {}) for env in range(n_envs)]
-    seeds = set().union(*per_env)
-    complete = {s for s in seeds if all(s in env_accs for env_accs in per_env)}
-    averages = {s: float(np.mean([env_accs[s] for env_accs in per_env])) for s in complete}
-    return averages, seeds - complete
-
-
-def _row(selection, dataset, test_env, algorithm, baseline, comparison, extra_note=""):
+def _row(key, algorithm, baseline, comparison, label, extra_note=""):
     n, mean, low, high, note = comparison
     note = "; ".join(n for n in (extra_note, note) if n)
-    return dict(selection=selection, dataset=dataset, test_env=test_env, algorithm=algorithm,
+    return dict(zip(("selection", "dataset", "test_env"), key), algorithm=algorithm,
                 baseline=baseline, n_pairs=n, mean_diff=mean, ci_low=low, ci_high=high,
-                excludes_zero=bool(low > 0 or high < 0), note=note)
+                excludes_zero=bool(low > 0 or high < 0), note=note, label=label)
 
 
 def _average_note(name, left_out):
     return f"{name} {_trials(left_out)} without every domain (not in Avg)" if left_out else ""
 
 
-def compute_paired(records, selections=tuple(SELECTION_METHODS), baseline="ERM"):
-    """All paired comparisons as a DataFrame (see :class:`PairedResult`).
+def _compare(selection, dataset, env_names, ours, theirs, algorithm, baseline, label):
+    """The rows of one algorithm against one baseline: each held-out domain, then Avg."""
+    (our_envs, our_avg, our_left_out), (base_envs, base_avg, base_left_out) = ours, theirs
+    rows = [_row((selection, dataset, name), algorithm, baseline,
+                 paired_difference(our_envs.get(env, {}), base_envs.get(env, {})), label)
+            for env, name in enumerate(env_names)]
+    note = "; ".join(n for n in (_average_note(baseline, base_left_out),
+                                 _average_note(algorithm, our_left_out)) if n)
+    return rows + [_row((selection, dataset, AVERAGE), algorithm, baseline,
+                        paired_difference(our_avg, base_avg), label, note)]
 
-    Raises ``ValueError`` with the algorithms present when ``baseline`` has no records.
-    """
-    found = records.select("args.algorithm").unique()
-    if baseline not in found:
+
+def check_pairs(pairs, algorithm_names):
+    """``pairs`` (``(A, B)`` tuples) as given, or ValueError naming an algorithm without runs."""
+    for pair in pairs:
+        for name in pair:
+            if name not in algorithm_names:
+                raise PairError(f"--pair {':'.join(pair)}: {name!r} has no runs in this sweep "
+                                 f"(algorithms: {', '.join(algorithm_names)})")
+    return list(pairs)
+
+
+def compute_paired(results, baseline="ERM", pairs=()):
+    """Every algorithm of a :class:`~tables_frame.ResultsFrame` against ``baseline`` (none when
+    it is None), then each ``(A, B)`` of ``pairs`` (labelled 'A - B'), as a DataFrame of
+    :data:`ROW_COLUMNS`. Raises ``ValueError`` naming the algorithms present when ``baseline``
+    or an algorithm of a pair has no records."""
+    check_pairs(pairs, results.algorithms)
+    if baseline is not None and baseline not in results.algorithms:
         raise ValueError(f"baseline {baseline!r} has no runs in this sweep (algorithms: "
-                         f"{', '.join(sorted(found))}); pass --baseline with one of them")
-    algorithm_names = [a for a in _in_registry_order(found, algorithms.ALGORITHMS)
-                       if a != baseline]
-    dataset_names = _in_registry_order(records.select("args.dataset").unique().sorted(),
-                                       datasets.DATASETS)
+                         f"{', '.join(sorted(results.algorithms))}); pass --baseline with one "
+                         f"of them")
+    comparisons = [(a, baseline, a) for a in results.algorithms
+                   if baseline is not None and a != baseline]
+    comparisons += [(a, b, f"{a} - {b}") for a, b in pairs]
+    by_algorithm = dict(list(results.frame.groupby(["selection", "dataset", "algorithm"],
+                                                   sort=False)))
+    empty = results.frame.iloc[:0]
     rows = []
-    for selection in selections:
-        accs = _selected_accuracies(records, selection)
-        for dataset in dataset_names:
-            env_names = _environment_names(dataset, records)
-            base_avg, base_left_out = _trial_averages(accs, dataset, baseline, len(env_names))
-            for algorithm in algorithm_names:
-                for env, env_name in enumerate(env_names):
-                    comparison = paired_difference(accs.get((dataset, algorithm, env), {}),
-                                                   accs.get((dataset, baseline, env), {}))
-                    rows.append(_row(selection, dataset, env_name, algorithm, baseline,
-                                     comparison))
-                ours, left_out = _trial_averages(accs, dataset, algorithm, len(env_names))
-                note = "; ".join(n for n in (_average_note(baseline, base_left_out),
-                                             _average_note(algorithm, left_out)) if n)
-                rows.append(_row(selection, dataset, AVERAGE, algorithm, baseline,
-                                 paired_difference(ours, base_avg), note))
-    return pd.DataFrame(rows, columns=CSV_COLUMNS + ["excludes_zero", "note"])
+    for selection in results.selections:
+        for dataset in results.datasets:
+            env_names = results.environments[dataset]
+            accs = {a: _accuracies(by_algorithm.get((selection, dataset, a), empty),
+                                   len(env_names)) for a in results.algorithms}
+            for algorithm, base, label in comparisons:
+                rows += _compare(selection, dataset, env_names, accs[algorithm], accs[base],
+                                 algorithm, base, label)
+    return pd.DataFrame(rows, columns=ROW_COLUMNS)
 
 
-# ----------------------------------------------------------------------------- formatting
+# ----------------------------------------------------------------------------- text
 def format_paired_cell(row):
     """'+1.2 [-0.3, +2.7] (3)', with ' *' where the interval excludes 0; short text without
     an interval ('+1.2 (1 pair, no interval)', 'no pairs')."""
@@ -162,8 +176,8 @@ def format_paired_cell(row):
 
 def _dataset_table(rows):
     table = rows.assign(text=[format_paired_cell(r) for r in rows.to_dict("records")]).pivot(
-        index="algorithm", columns="test_env", values="text")
-    table = table.reindex(index=list(dict.fromkeys(rows.algorithm)),
+        index="label", columns="test_env", values="text")
+    table = table.reindex(index=list(dict.fromkeys(rows.label)),
                           columns=list(dict.fromkeys(rows.test_env)))
     table.index.name, table.columns.name = "Algorithm", None
     return table
@@ -173,62 +187,63 @@ def _notes(rows):
     """'- Algorithm, domain: note' for every comparison with unpaired trials or no interval;
     one '- Algorithm: note' where all of an algorithm's cells share the note."""
     lines = []
-    for algorithm, part in rows.groupby("algorithm", sort=False):
+    for label, part in rows.groupby("label", sort=False):
         if part.note.nunique() == 1 and part.note.iloc[0]:
-            lines.append(f"- {algorithm}: {part.note.iloc[0]}")
+            lines.append(f"- {label}: {part.note.iloc[0]}")
         else:
-            lines += [f"- {algorithm}, {r['test_env']}: {r['note']}"
+            lines += [f"- {label}, {r['test_env']}: {r['note']}"
                       for r in part.to_dict("records") if r["note"]]
     return lines
 
 
-def _markdown(rows, selection, name, baseline):
-    method_name = SELECTION_METHODS[selection].name
-    text = (f"# {name}: paired differences vs {baseline}, model selection: {method_name}\n\n"
-            f"Cells: accuracy of the algorithm minus {baseline} (percentage points) on the "
+def _markdown(rows, method_name, name, against, pairs):
+    text = (f"# {name}: paired differences vs {against}, model selection: {method_name}\n\n"
+            f"Cells: accuracy of the algorithm minus {against} (percentage points) on the "
             f"held-out domain, mean over trials paired by trial seed "
             f"[{int(CONFIDENCE * 100)}% t interval] (pairs); * the interval excludes 0. "
             f"Avg: per trial, the mean over held-out domains.\n")
+    if pairs:
+        text += ("Rows 'A - B' (--pair A:B): the accuracy of A minus B, paired the same "
+                 "way.\n")
     for dataset in rows.dataset.unique():
         part = rows[rows.dataset == dataset]
-        text += f"\n## Dataset: {dataset}\n\n{_markdown_table(_dataset_table(part))}\n"
+        text += f"\n## Dataset: {dataset}\n\n{markdown_table(_dataset_table(part))}\n"
         notes = _notes(part)
         if notes:
             text += "\nUnpaired trials and cells without an interval:\n\n" + "\n".join(notes) + "\n"
     return text
 
 
-def write_paired(records, selections, out_dir, name, baseline="ERM", plots=True):
-    """Compute, write ``paired_<selection>.{md,csv,tex}`` (+ forest plots) under ``out_dir``;
-    the caller prints ``result.markdown``. A baseline absent from the sweep prints why and returns None."""
-    from lpa_domainbed.tools.paired_plot import plot_forest
-
-    try:
-        rows = compute_paired(records, selections, baseline)
-    except ValueError as error:
-        print(f"paired comparisons skipped: {error}.")
-        return None
-    if rows.empty:
-        print(f"paired comparisons skipped: {baseline} is the only algorithm in this sweep.")
-        return None
-    result = PairedResult(baseline, rows, markdown={}, files=[])
-    for selection in selections:
-        part = rows[rows.selection == selection]
-        base = out_dir / f"paired_{selection}"
-        result.markdown[selection] = _markdown(part, selection, name, baseline)
-        base.with_suffix(".md").write_text(result.markdown[selection])
-        part[CSV_COLUMNS].to_csv(base.with_suffix(".csv"), index=False)
+def paired_outputs(results, name, baseline="ERM", pairs=(), plots=True):
+    """``(PairedResult or None, message)``: the outputs ``paired_<selection>.{md,csv,tex}`` and
+    a forest plot per dataset with a pair, as text or PNG bytes; and why nothing, or no
+    comparison against the baseline, was made (or ''). Nothing is written here."""
+    message = ""
+    if baseline not in results.algorithms:
+        message = (f"paired comparisons skipped: baseline {baseline!r} has no runs in this sweep "
+                   f"(algorithms: {', '.join(sorted(results.algorithms))}); pass --baseline "
+                   f"with one of them.")
+        baseline = None
+    elif results.algorithms == [baseline] and not pairs:
+        message = f"paired comparisons skipped: {baseline} is the only algorithm in this sweep."
+    rows = compute_paired(results, baseline, pairs)
+    against = baseline or ", ".join(dict.fromkeys(b for _, b in pairs))
+    minus = f"accuracy minus {against}" + ("; --pair rows A - B" if pairs else "")
+    files, markdown = {}, {}
+    for selection, part in rows.groupby("selection", sort=False):
         method_name = SELECTION_METHODS[selection].name
-        base.with_suffix(".tex").write_text("".join(
-            _latex_table(_dataset_table(part[part.dataset == d]),
-                         f"{d}: accuracy minus {baseline} (points), paired by trial, "
-                         f"model selection: {method_name}")
-            for d in part.dataset.unique()))
-        result.files += [base.with_suffix(s) for s in (".md", ".csv", ".tex")]
+        markdown[selection] = _markdown(part, method_name, name, against, pairs)
+        files[f"paired_{selection}.md"] = markdown[selection]
+        files[f"paired_{selection}.csv"] = part[CSV_COLUMNS].to_csv(index=False)
+        files[f"paired_{selection}.tex"] = "".join(
+            latex_table(_dataset_table(part[part.dataset == d]),
+                        f"{d}: {minus} (points), paired by trial, model selection: {method_name}")
+            for d in part.dataset.unique())
         for dataset in part.dataset.unique() if plots else ():
-            path = out_dir / f"paired_{selection}_{dataset}.png"
-            if plot_forest(part[part.dataset == dataset], path,
-                           f"{dataset}: accuracy minus {baseline}, {method_name} (red: "
-                           f"95% interval excludes 0; hollow: 1 pair, no interval)"):
-                result.files.append(path)
-    return result
+            png = plot_forest(part[part.dataset == dataset],
+                              f"{dataset}: {minus}, {method_name} (red: 95% interval excludes "
+                              f"0; hollow: 1 pair, no interval)")
+            if png is not None:
+                files[f"paired_{selection}_{dataset}.png"] = png
+    result = PairedResult(baseline, rows, markdown, files) if not rows.empty else None
+    return result, message

@@ -1,34 +1,36 @@
 """Forest plot of paired differences against a baseline (see :mod:`lpa_domainbed.tools.paired`):
-one panel per held-out domain and the dataset average, one line per algorithm."""
+one panel per held-out domain and the dataset average, one line per algorithm (or --pair)."""
 
 import math
 
 import numpy as np
 
+from lpa_domainbed.tools.tables_write import png_bytes
+
 __all__ = ["plot_forest"]
 
 
-def plot_forest(rows, path, title):
-    """Draw ``rows`` (one dataset and selection of :func:`paired.compute_paired`) to ``path``.
+def plot_forest(rows, title):
+    """``rows`` (one dataset and selection of :func:`paired.compute_paired`) as PNG bytes.
 
     Each algorithm: mean difference (points) with its 95% interval as a horizontal bar, red
     where the interval excludes 0; a hollow marker where there is no interval (fewer than 2
     pairs); a dashed zero line.
-    Returns False, writing nothing, when no comparison has a pair.
+    Returns None when no comparison has a pair.
     """
     if not (rows["n_pairs"] > 0).any():
-        return False
+        return None
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     columns = list(dict.fromkeys(rows.test_env))
-    names = list(dict.fromkeys(rows.algorithm))
+    names = list(dict.fromkeys(rows.label))
     figure = Figure(figsize=(2.2 * len(columns) + 1.5, 0.35 * len(names) + 1.4))
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, len(columns), sharey=True, squeeze=False)[0]
     y = np.arange(len(names))[::-1]  # first algorithm on top
     for ax, column in zip(axes, columns):
-        part = rows[rows.test_env == column].set_index("algorithm").reindex(names)
+        part = rows[rows.test_env == column].set_index("label").reindex(names)
         with_ci = part["ci_low"].notna().to_numpy()
         mean, low, high = (part[k].to_numpy(dtype=float)
                            for k in ("mean_diff", "ci_low", "ci_high"))
@@ -50,5 +52,4 @@ def plot_forest(rows, path, title):
     axes[0].set_yticks(y, names)
     figure.suptitle(title, fontsize="medium")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    return True
+    return png_bytes(figure)

@@ -1,63 +1,93 @@
-"""Result tables for DomainBed sweeps: the aggregation behind ``make tables``.
+"""Result tables for DomainBed sweeps: ``make tables`` (``lpa-domainbed tables``).
 
 The numbers are DomainBed's own: records are grouped with
 :func:`domainbed.lib.reporting.get_grouped_records`, scored with each selection method's
 ``sweep_acc`` and summarised with ``collect_results.format_mean`` (100 * mean,
 100 * std(data / sqrt(n))), exactly as ``collect_results.print_results_tables`` does. On top of
-that this module reads several sweep directories, survives corrupt lines, explains empty cells,
-and writes Markdown, LaTeX, tidy CSV, bar charts and a comparison with published numbers.
+that the tables read several sweep directories, survive corrupt lines and restarted jobs,
+explain empty cells, compare algorithms paired by trial, and write Markdown, LaTeX, tidy CSV,
+bar charts, forest plots and a comparison with published numbers.
+
+One route, one module per step:
+
+1. :mod:`tables_load`: the job directories' records, and what is wrong with them;
+2. :mod:`tables_frame`: the one results frame (a selected accuracy per selection method,
+   dataset, algorithm, held-out domain and trial);
+3. :mod:`tables_cells` (cells and overview) and :mod:`paired` (paired differences), group-bys
+   of the frame;
+4. :mod:`tables_write`, :mod:`paired`, :mod:`paired_plot`, :mod:`tables_reference`: the text of
+   every file, returned, never written;
+5. :mod:`safe_output`: every file written at once, under a lock, removing only what an
+   earlier run wrote.
 
 Run ``python -m lpa_domainbed.tools.tables --input_dir DIR [DIR ...] --name NAME``.
 """
 
 import argparse
 import dataclasses
-import math
 import sys
 from pathlib import Path
 
-import pandas as pd
+from lpa_domainbed.tools.safe_output import OutputError, check_name, write_outputs
 
-from domainbed import algorithms, datasets
-from domainbed.lib import reporting
-from domainbed.lib.query import Q
-from domainbed.scripts.collect_results import format_mean
+try:  # the command explains a missing DomainBed instead of failing at import
+    import pandas as pd
 
-from lpa_domainbed.tools.safe_output import OutputError, check_name, staged_directory
-from lpa_domainbed.tools.tables_load import (HOW_TO_GET_RESULTS, INCOMPLETE_KEY, LoadReport,
-                                       load_records)
-from lpa_domainbed.tools.tables_write import (CSV_COLUMNS, OUTPUT_PATTERNS, format_cell, format_table,
-                                        SELECTION_METHODS, compare_with_published,
-                                        copy_reference, published_reference, write_comparison,
-                                        write_plots, write_selection_files)
+    from lpa_domainbed.tools.paired import PairError, PairedResult, check_pairs, paired_outputs
+    from lpa_domainbed.tools.tables_cells import CSV_COLUMNS, cell_tables, compute_tables, \
+        format_table
+    from lpa_domainbed.tools.tables_frame import SELECTION_METHODS, results_frame
+    from lpa_domainbed.tools.tables_load import HOW_TO_GET_RESULTS, LoadReport, load_records
+    from lpa_domainbed.tools.tables_reference import (ReferenceCsvError, compare_with_published,
+                                                      comparison_markdown, copy_reference,
+                                                      published_reference, read_reference)
+    from lpa_domainbed.tools.tables_write import bar_charts, selection_outputs
+except ModuleNotFoundError as missing:
+    if (missing.name or "").split(".")[0] != "domainbed":
+        raise
+    DOMAINBED_MISSING = missing
+else:
+    DOMAINBED_MISSING = None
 
 __all__ = [
-    "SELECTION_METHODS", "LoadReport", "NoRecordsError", "TablesResult", "load_records",
-    "compute_tables", "format_table", "compare_with_published", "copy_reference",
-    "make_tables", "published_reference", "main",
+    "SELECTION_METHODS", "CSV_COLUMNS", "LoadReport", "NoRecordsError", "TablesResult",
+    "load_records", "compute_tables", "format_table", "compare_with_published",
+    "copy_reference", "make_tables", "published_reference", "main",
 ]
 
+
+def domainbed_hint():
+    """How to make DomainBed importable, for the interpreter running this."""
+    return (f"DomainBed is not importable from {sys.executable}. In a checkout of "
+            "lpa_domainbed, run `make setup` (it clones DomainBed at the pinned commit into "
+            "$DOMAINBED_DIR, default ~/.cache/lpa-domainbed/DomainBed, and makes it importable); "
+            "for a DomainBed checkout of your own, `make setup DOMAINBED_DIR=/path/to/DomainBed`; "
+            "in any other environment, put the checkout's path as one line into a .pth file in "
+            "site-packages: echo /path/to/DomainBed > \"$(python -c 'import sysconfig; "
+            "print(sysconfig.get_paths()[\"purelib\"])')/domainbed.pth\"")
 
 
 class NoRecordsError(ValueError):
     """The input directories exist but hold no result records."""
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class TablesResult:
     """What :func:`make_tables` computed and wrote. ``cells``: tidy numbers (percent) per
     selection/dataset/algorithm/held-out domain and 'Avg', plus formatted ``text``;
-    ``overview``: DomainBed's averages table (dataset 'Avg' = mean over datasets), same columns.
-    """
+    ``overview``: DomainBed's averages table (dataset 'Avg' = mean over datasets), same columns;
+    ``markdown``: per selection; ``files``: every path written; ``comparison``: ours beside
+    published numbers (None when nothing matches); ``paired``: the paired differences (None
+    when there is nothing to compare)."""
 
     out_dir: Path
-    report: LoadReport
-    cells: pd.DataFrame
-    overview: pd.DataFrame
+    report: "LoadReport"
+    cells: "pd.DataFrame"
+    overview: "pd.DataFrame"
     markdown: dict
     files: list
-    comparison: pd.DataFrame = None
-    paired: object = None  # paired.PairedResult: differences vs the baseline, or None
+    comparison: "pd.DataFrame" = None
+    paired: "PairedResult" = None
 
     def table(self, selection, dataset=None):
         """Formatted strings: one dataset's table, or the overview when ``dataset`` is None."""
@@ -67,197 +97,78 @@ class TablesResult:
         return format_table(rows, "test_env")
 
 
-# ----------------------------------------------------------------------------- numbers
-def _in_registry_order(found, registry):
-    """DomainBed's order: names in ``registry`` order first, then the others as given."""
-    return [n for n in registry if n in found] + [n for n in found if n not in registry]
-
-
-def _environment_names(dataset, records):
-    """Held-out domain names from the dataset class, or env indices for unknown datasets."""
-    try:
-        return list(datasets.get_dataset_class(dataset).ENVIRONMENTS)
-    except NotImplementedError:
-        example = records.filter_equals("args.dataset", dataset)[0]
-        return [str(i) for i in range(sum(f"env{i}_in_acc" in example for i in range(100)))]
-
-
-def _empty_cell_note(groups, selection):
-    """Why a (dataset, algorithm, held-out domain) cell has no number."""
-    if not groups:
-        return "no runs"
-    records = [r for g in groups for r in g["records"]]
-    if not any(len(r["args"]["test_envs"]) == 1 for r in records):
-        return "needs 1-env runs"
-    return "needs 2-env runs" if selection == "leave_one_out" else "no selectable runs"
-
-
-def _row(selection, dataset, algorithm, test_env, mean=math.nan, se=math.nan, n=0, note="",
-         jobs=frozenset()):
-    """One cell; ``jobs``: the incomplete jobs whose records it uses (shown as a count)."""
-    return dict(selection=selection, dataset=dataset, algorithm=algorithm, test_env=test_env,
-                mean=mean, se=se, n_trials=n, note=note, jobs=frozenset(jobs))
-
-
-def _jobs_of(rows):
-    return frozenset().union(*(r["jobs"] for r in rows))
-
-
-def _domain_rows(selection, dataset, algorithm, env_names, groups_by_key, n_expected):
-    """One row per held-out domain: format_mean over the trials' selected accuracies."""
-    rows = []
-    for env, env_name in enumerate(env_names):
-        groups = groups_by_key.get((dataset, algorithm, env), [])
-        accs = Q([g["sweep_acc"] for g in groups if g["sweep_acc"] is not None])
-        if not len(accs):
-            rows.append(_row(selection, dataset, algorithm, env_name,
-                             note=_empty_cell_note(groups, selection)))
-            continue
-        jobs = {r[INCOMPLETE_KEY] for g in groups if g["sweep_acc"] is not None
-                for r in g["records"] if INCOMPLETE_KEY in r}
-        mean, se, _ = format_mean(accs, False)
-        note = f"incomplete ({len(accs)}/{n_expected} trials)" if len(accs) < n_expected else ""
-        rows.append(_row(selection, dataset, algorithm, env_name, mean, se, len(accs), note,
-                         jobs))
-    return rows
-
-
-def _trial_averages(scored, dataset, algorithm):
-    """Per trial, the mean selected accuracy over domains (DomainBed's averages table)."""
-    return (scored.filter_equals("algorithm, dataset", (algorithm, dataset))
-            .group("trial_seed")
-            .map(lambda trial_seed, group: group.select("sweep_acc").mean()))
-
-
-def _missing_parts_note(rows, parts):
-    """Note for an average over rows of which some have no number."""
-    n_filled = sum(not math.isnan(r["mean"]) for r in rows)
-    if n_filled:
-        return f"incomplete ({n_filled}/{len(rows)} {parts})"
-    notes = {r["note"] for r in rows}
-    return notes.pop() if len(notes) == 1 else "no results"
-
-
-def _average_row(selection, dataset, algorithm, domain_rows, scored, n_expected):
-    """The 'Avg' column: mean over domains (DomainBed), se over per-trial averages."""
-    means = [r["mean"] for r in domain_rows]
-    if any(math.isnan(m) for m in means):
-        return _row(selection, dataset, algorithm, "Avg",
-                    note=_missing_parts_note(domain_rows, "domains"))
-    trial_averages = _trial_averages(scored, dataset, algorithm)
-    _, se, _ = format_mean(trial_averages, False)
-    n_complete = min(r["n_trials"] for r in domain_rows)
-    note = f"incomplete ({n_complete}/{n_expected} trials)" if n_complete < n_expected else ""
-    return _row(selection, dataset, algorithm, "Avg", sum(means) / len(means), se,
-                len(trial_averages), note, _jobs_of(domain_rows))
-
-
-def _overview_rows(selection, datasets_, algorithm, cells, scored):
-    """DomainBed's averages table for one algorithm, plus the mean over datasets."""
-    rows = []
-    for dataset in datasets_:
-        average = cells[(dataset, algorithm)]
-        if math.isnan(average["mean"]):
-            rows.append({**average, "dataset": dataset})
-            continue
-        mean, se, _ = format_mean(_trial_averages(scored, dataset, algorithm), False)
-        rows.append(_row(selection, dataset, algorithm, "Avg", mean, se,
-                         average["n_trials"], average["note"], average["jobs"]))
-    means = [r["mean"] for r in rows]
-    if any(math.isnan(m) for m in means):
-        rows.append(_row(selection, "Avg", algorithm, "Avg",
-                         note=_missing_parts_note(rows, "datasets")))
-    else:
-        rows.append(_row(selection, "Avg", algorithm, "Avg", sum(means) / len(means),
-                         n=min(r["n_trials"] for r in rows), jobs=_jobs_of(rows)))
-    return rows
-
-
-def compute_tables(records, selections=tuple(SELECTION_METHODS)):
-    """Return tidy DataFrames ``(cells, overview)`` for the given selection method keys."""
-    grouped = reporting.get_grouped_records(records)
-    algorithm_names = _in_registry_order(records.select("args.algorithm").unique(),
-                                         algorithms.ALGORITHMS)
-    dataset_names = _in_registry_order(records.select("args.dataset").unique().sorted(),
-                                       datasets.DATASETS)
-    cell_rows, overview_rows = [], []
-    for selection in selections:
-        method = SELECTION_METHODS[selection]
-        all_scored = grouped.map(lambda g: {**g, "sweep_acc": method.sweep_acc(g["records"])})
-        scored = all_scored.filter(lambda g: g["sweep_acc"] is not None)
-        groups_by_key = {}
-        for group in all_scored:
-            key = (group["dataset"], group["algorithm"], group["test_env"])
-            groups_by_key.setdefault(key, []).append(group)
-        averages = {}
-        for dataset in dataset_names:
-            env_names = _environment_names(dataset, records)
-            n_expected = len(grouped.filter_equals("dataset", dataset)
-                             .select("trial_seed").unique())
-            for algorithm in algorithm_names:
-                rows = _domain_rows(selection, dataset, algorithm, env_names, groups_by_key,
-                                    n_expected)
-                rows.append(_average_row(selection, dataset, algorithm, rows, scored, n_expected))
-                averages[(dataset, algorithm)] = rows[-1]
-                cell_rows.extend(rows)
-        for algorithm in algorithm_names:
-            overview_rows.extend(_overview_rows(selection, dataset_names, algorithm, averages,
-                                                scored))
-    return _tidy_frame(cell_rows), _tidy_frame(overview_rows)
-
-
-def _tidy_frame(rows):
-    frame = pd.DataFrame([{**r, "incomplete_jobs": len(r["jobs"])} for r in rows],
-                         columns=CSV_COLUMNS)
-    frame["text"] = [format_cell(*r) for r in zip(frame["mean"], frame["se"], frame["note"],
-                                                   frame["n_trials"], frame["incomplete_jobs"])]
-    return frame
-
-
-# ----------------------------------------------------------------------------- entry points
-def make_tables(input_dirs, name, out_root="results", reference_csv=None, plots=True,
-                out_dir=None, complete_only=False, baseline="ERM"):
-    """Load sweeps, compute all tables, write them under ``<out_root>/<name>/`` (or
-    ``out_dir``), print Markdown; then the paired differences of every algorithm vs
-    ``baseline`` (:mod:`lpa_domainbed.tools.paired`). ``name`` must be a plain name. The directory
-    is replaced as a whole at the end (see :mod:`lpa_domainbed.tools.safe_output`); incomplete jobs
-    are marked, or left out with ``complete_only``."""
-    check_name(name)
-    target = Path(out_dir) if out_dir is not None else Path(out_root) / name
-    records, report = load_records(input_dirs, complete_only=complete_only)
-    if not len(records):
-        raise NoRecordsError(f"no results.jsonl records in {', '.join(report.input_dirs)}; "
-                             f"{HOW_TO_GET_RESULTS}")
+def _selections(records):
     selections = list(SELECTION_METHODS)
     if not any(len(r["args"]["test_envs"]) == 2 for r in records):
         selections.remove("leave_one_out")
         print("leave-one-domain-out selection skipped: it needs runs with two test domains, "
               "which DomainBed's sweep makes without --single_test_envs.")
-    cells, overview = compute_tables(records, tuple(selections))
+    return tuple(selections)
+
+
+def _comparison(overview, reference):
+    """(comparison or None, {'reference_comparison.md': text} or {})."""
+    comparison = compare_with_published(overview, reference)
+    if comparison.empty:
+        return None, {}
+    text = comparison_markdown(comparison)
+    print(text)
+    return comparison, {"reference_comparison.md": text}
+
+
+def make_tables(input_dirs, name, out_root="results", reference_csv=None, plots=True,
+                out_dir=None, complete_only=False, baseline="ERM", pairs=()):
+    """Load sweeps, compute all tables, write them under ``<out_root>/<name>/`` (or
+    ``out_dir``; see :mod:`lpa_domainbed.tools.safe_output`), print Markdown; then the paired
+    differences of every algorithm vs ``baseline`` and of each ``(A, B)`` in ``pairs``
+    (:mod:`lpa_domainbed.tools.paired`). ``name`` must be a plain name. Incomplete jobs are
+    marked, or left out with ``complete_only``; restarted jobs are read from their last
+    attempt and marked. Every input is checked before anything is written."""
+    if DOMAINBED_MISSING is not None:
+        raise ModuleNotFoundError(domainbed_hint(), name="domainbed")
+    check_name(name)
+    target = Path(out_dir) if out_dir is not None else Path(out_root) / name
     if reference_csv is None:
         reference_csv = Path(out_root) / "reference" / "published_results.csv"
         reference_csv = reference_csv if reference_csv.is_file() else published_reference()
-    with staged_directory(target, OUTPUT_PATTERNS) as stage:
-        result = TablesResult(stage, report, cells, overview, markdown={}, files=[])
-        for selection in selections:
-            result.markdown[selection] = write_selection_files(result, selection, name)
-        if plots:
-            write_plots(result)
-        result.comparison = write_comparison(result, reference_csv)
-        from lpa_domainbed.tools.paired import write_paired  # paired imports this module's helpers
+    reference = read_reference(reference_csv)
+    records, report = load_records(input_dirs, complete_only=complete_only)
+    if not len(records):
+        raise NoRecordsError(f"no results.jsonl records in {', '.join(report.input_dirs)}; "
+                             f"{HOW_TO_GET_RESULTS}")
+    results = results_frame(records, _selections(records))
+    pairs = check_pairs(pairs, results.algorithms)
+    cells, overview = cell_tables(results)
+    outputs = {}
+    for selection in results.selections:
+        outputs.update(selection_outputs(cells, overview, report, selection, name))
+    outputs.update(bar_charts(cells) if plots else {})
+    comparison, comparison_file = _comparison(overview, reference)
+    outputs.update(comparison_file)
+    paired, message = paired_outputs(results, name, baseline, pairs, plots)
+    if message:
+        print(message)
+    outputs.update(paired.outputs if paired else {})
+    files = write_outputs(target, outputs)
+    markdown = {s: outputs[f"{s}.md"] for s in results.selections}
+    for selection in results.selections:
+        print(markdown[selection])
+    for selection in results.selections if paired else ():
+        print(paired.markdown[selection])
+    return TablesResult(target, report, cells, overview, markdown, files, comparison, paired)
 
-        result.paired = write_paired(records, selections, stage, name, baseline, plots)
-        result.files += result.paired.files if result.paired else []
-    result.out_dir, result.files = target, [target / f.name for f in result.files]
-    for selection in selections:
-        print(result.markdown[selection])
-    for selection in selections if result.paired else ():
-        print(result.paired.markdown[selection])
-    return result
+
+def _pair(text):
+    """'A:B' -> ('A', 'B') for --pair."""
+    algorithm, _, baseline = text.partition(":")
+    if not algorithm or not baseline or algorithm == baseline:
+        raise argparse.ArgumentTypeError(f"{text!r}: write ALGORITHM:BASELINE, two different "
+                                         f"algorithms of the sweep (e.g. LPA_BF16:LPA)")
+    return algorithm, baseline
 
 
 def main(argv=None):
-    """Command line: ``python -m lpa_domainbed.tools.tables --input_dir DIR [DIR ...] --name NAME``."""
+    """``python -m lpa_domainbed.tools.tables --input_dir DIR [DIR ...] --name NAME``."""
     parser = argparse.ArgumentParser(prog="lpa-domainbed tables",
                                      description="Result tables for DomainBed sweeps")
     parser.add_argument("--input_dir", nargs="+", required=True, help="sweep output dir(s)")
@@ -265,20 +176,29 @@ def main(argv=None):
                         help="a plain name: writes <out_root>/<name>/ (results/<name>/)")
     parser.add_argument("--out_root", default="results")
     parser.add_argument("--out_dir", default=None,
-                        help="write here instead of <out_root>/<name>/")
+                        help="write here instead of <out_root>/<name>/ (a folder of your own, "
+                             "'.' included: only files an earlier run wrote are replaced)")
     parser.add_argument("--reference_csv", default=None,
                         help="published numbers to compare with (default: the packaged copy)")
     parser.add_argument("--no-plots", dest="plots", action="store_false")
     parser.add_argument("--baseline", default="ERM",
                         help="algorithm the paired differences are taken against")
+    parser.add_argument("--pair", action="append", default=[], type=_pair,
+                        metavar="ALGORITHM:BASELINE",
+                        help="also compare these two algorithms, paired by trial (repeatable; "
+                             "e.g. --pair LPA_BF16:LPA)")
     parser.add_argument("--complete_only", action="store_true",
                         help="leave out jobs without 'done' or with truncated/empty results")
     args = parser.parse_args(argv)
+    if DOMAINBED_MISSING is not None:
+        print(f"error: {domainbed_hint()}", file=sys.stderr)
+        return 2
     try:
         result = make_tables(args.input_dir, args.name, args.out_root, args.reference_csv,
                              args.plots, out_dir=args.out_dir, complete_only=args.complete_only,
-                             baseline=args.baseline)
-    except (FileNotFoundError, NoRecordsError, OutputError) as error:
+                             baseline=args.baseline, pairs=args.pair)
+    except (FileNotFoundError, NoRecordsError, OutputError, ReferenceCsvError,
+            PairError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"{result.report.summary()}\nwrote {len(result.files)} files to {result.out_dir}",

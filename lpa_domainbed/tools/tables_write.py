@@ -1,57 +1,23 @@
-"""Writing the tables of :mod:`lpa_domainbed.tools.tables`: Markdown, LaTeX, tidy CSV, bar charts and
-the comparison with published numbers (shipped as package data, so installed use needs no
-checkout). Cells marked '†' use results of an incomplete job; a footnote says so."""
+"""The text of the tables of :mod:`lpa_domainbed.tools.tables`: Markdown, LaTeX, tidy CSV and bar
+charts, returned as ``{file name: text or PNG bytes}``; nothing here writes a file or changes
+its arguments. Marked cells (incomplete or restarted jobs) get a footnote, and the jobs are
+listed under the tables."""
 
-import math
-import shutil
-from importlib import resources
-from pathlib import Path
+from __future__ import annotations
+
+import io
 
 import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from domainbed import model_selection
+from lpa_domainbed.tools.tables_cells import (CSV_COLUMNS, INCOMPLETE_MARK, RESTARTED_MARK,
+                                              format_table)
+from lpa_domainbed.tools.tables_frame import AVERAGE, SELECTION_METHODS
 
-__all__ = ["SELECTION_METHODS", "CSV_COLUMNS", "INCOMPLETE_MARK", "OUTPUT_PATTERNS",
-           "format_cell", "format_table",
-           "write_selection_files", "write_plots", "write_comparison", "published_reference",
-           "copy_reference", "compare_with_published"]
+__all__ = ["markdown_table", "latex_table", "selection_outputs", "bar_charts", "png_bytes"]
 
-# Keys double as the ``model_selection`` values of the published-results CSV.
-SELECTION_METHODS = {
-    "training_domain_validation": model_selection.IIDAccuracySelectionMethod,
-    "leave_one_out": model_selection.LeaveOneOutSelectionMethod,
-    "oracle": model_selection.OracleSelectionMethod,
-}
-CSV_COLUMNS = ["selection", "dataset", "algorithm", "test_env", "mean", "se", "n_trials", "note",
-               "incomplete_jobs"]
-INCOMPLETE_MARK = "†"  # a cell that uses records of an incomplete job
-#: the files make_tables writes (an earlier run's files matching these are replaced)
-OUTPUT_PATTERNS = [f"{s}.{ext}" for s in SELECTION_METHODS for ext in ("md", "tex", "csv")] + [
-    "*_training_domain_validation.png", "reference_comparison.md",
-    "paired_*.md", "paired_*.csv", "paired_*.tex", "paired_*.png"]
-
-
-def format_cell(mean, se, note, n_trials=2, incomplete_jobs=0):
-    """'71.0 ± 0.7', '71.0 ± 0.7, incomplete (1/2 trials)', or just the note; '†' when the
-    number uses records of an incomplete job. One trial has no standard error: its mean is
-    shown alone (DomainBed would print '± 0.0')."""
-    if math.isnan(mean):
-        return note or "X"
-    one = not (n_trials > 1)
-    text = f"{mean:.1f}" if math.isnan(se) or one else f"{mean:.1f} ± {se:.1f}"
-    text += f" {INCOMPLETE_MARK}" if incomplete_jobs else ""
-    return f"{text}, {note}" if note else text
-
-
-def format_table(rows, column):
-    """Pivot tidy rows to a strings table: algorithms x ``column`` values, in input order."""
-    table = rows.pivot(index="algorithm", columns=column, values="text")
-    table = table.reindex(index=list(dict.fromkeys(rows.algorithm)),
-                          columns=list(dict.fromkeys(rows[column])))
-    table.index.name, table.columns.name = "Algorithm", None
-    return table
+_LATEX_MARKS = {INCOMPLETE_MARK: r"$^\dagger$", RESTARTED_MARK: r"$^\ddagger$"}
 
 
 def _latex_escape(text):
@@ -60,72 +26,101 @@ def _latex_escape(text):
     return text
 
 
-def _markdown_table(table):
+def markdown_table(table):
     return tabulate(table, headers="keys", tablefmt="pipe", disable_numparse=True)
 
 
-def _latex_table(table, caption, footnote=""):
-    body = (tabulate(table, headers="keys", tablefmt="latex_booktabs", disable_numparse=True)
-            .replace("±", r"$\pm$").replace(INCOMPLETE_MARK, r"$^\dagger$"))
-    if footnote and any(INCOMPLETE_MARK in str(v) for v in table.to_numpy().ravel()):
-        body += ("\n\\par\\footnotesize $^\\dagger$ "
-                 + _latex_escape(footnote.replace(INCOMPLETE_MARK, "").strip()))
+def latex_table(table, caption, footnotes=()):
+    """A LaTeX table; ``footnotes``: (mark, text) pairs, each added below the table when a
+    cell carries its mark."""
+    body = tabulate(table, headers="keys", tablefmt="latex_booktabs", disable_numparse=True)
+    body = body.replace("±", r"$\pm$")
+    for mark, latex in _LATEX_MARKS.items():
+        body = body.replace(mark, latex)
+    cells = [str(v) for v in table.to_numpy().ravel()]
+    for mark, text in footnotes:
+        if any(mark in cell for cell in cells):
+            body += (f"\n\\par\\footnotesize {_LATEX_MARKS[mark]} "
+                     + _latex_escape(text.replace(mark, "").strip()))
     return ("\\begin{table}[ht]\n\\centering\n\\caption{" + _latex_escape(caption) + "}\n"
             + body + "\n\\end{table}\n")
 
 
-def _incomplete_notes(report):
-    """(footnote for the marked cells, Markdown section listing incomplete / not-run jobs)."""
-    if report.complete_only or not report.incomplete_jobs:
-        footnote = ""
-    else:
-        footnote = (f"{INCOMPLETE_MARK} uses results of an incomplete job (listed below); "
-                    "rerun the sweep, or pass --complete_only to leave them out.")
+def _footnotes(report):
+    """(mark, footnote) for each kind of marked cell this report can have."""
+    notes = []
+    if report.incomplete_jobs and not report.complete_only:
+        notes.append((INCOMPLETE_MARK, f"{INCOMPLETE_MARK} uses results of an incomplete job "
+                      "(listed below); rerun the sweep, or pass --complete_only to leave them "
+                      "out."))
+    if report.restarted_jobs:
+        notes.append((RESTARTED_MARK, f"{RESTARTED_MARK} uses a restarted job: its "
+                      "results.jsonl holds more than one attempt, and only the last one is "
+                      "used (listed below)."))
+    return notes
+
+
+def _jobs_sections(report):
+    """Markdown sections listing incomplete, restarted and not-run jobs."""
     section = ""
     if report.incomplete_jobs:
         verb = "left out (--complete_only)" if report.complete_only else f"marked {INCOMPLETE_MARK}"
         section += f"\n## Incomplete jobs ({verb})\n\n" + "".join(
             f"- {job}: {report.incomplete_reasons[job]}\n" for job in report.incomplete_jobs)
+    if report.restarted_jobs:
+        section += (f"\n## Restarted jobs (marked {RESTARTED_MARK}; only the last attempt is "
+                    "used, every record stays on disk)\n\n") + "".join(
+            f"- {job}: {why}\n" for job, why in report.restarted_jobs.items())
     if report.not_run:
         section += "\n## Not run (empty job directories, or only a launcher log)\n\n" + "".join(
             f"- {job}\n" for job in report.not_run)
-    return footnote, section
+    return section
 
 
-def _sections(result, selection):
+def _sections(cells, overview, selection):
     """(title, strings table) for each dataset, then the overview."""
-    cells = result.cells[result.cells.selection == selection]
-    sections = [(f"Dataset: {d}", result.table(selection, d)) for d in cells.dataset.unique()]
-    return sections + [("Averages", result.table(selection))]
+    cells = cells[cells.selection == selection]
+    sections = [(f"Dataset: {d}", format_table(cells[cells.dataset == d], "test_env"))
+                for d in cells.dataset.unique()]
+    return sections + [("Averages", format_table(overview[overview.selection == selection],
+                                                 "dataset"))]
 
 
-def write_selection_files(result, selection, name):
-    """Markdown, LaTeX and tidy CSV for one selection method; returns the Markdown text."""
+def _tidy_csv(cells, overview, selection):
+    rows = pd.concat([cells[cells.selection == selection],
+                      overview[(overview.selection == selection) & (overview.dataset == AVERAGE)]])
+    columns = CSV_COLUMNS + (["restarted_jobs"] if rows.restarted_jobs.any() else [])
+    return rows[columns].to_csv(index=False)
+
+
+def selection_outputs(cells, overview, report, selection, name):
+    """``{'<selection>.md': ..., '.tex': ..., '.csv': ...}`` for one selection method; the CSV
+    has a ``restarted_jobs`` column where some cell uses a restarted job."""
     method_name = SELECTION_METHODS[selection].name
-    sections = _sections(result, selection)
-    footnote, jobs_section = _incomplete_notes(result.report)
-    markdown = (f"# {name}: model selection: {method_name}\n\n{result.report.summary()}\n\n"
+    sections = _sections(cells, overview, selection)
+    footnotes = _footnotes(report)
+    markdown = (f"# {name}: model selection: {method_name}\n\n{report.summary()}\n\n"
                 "Cells: accuracy (%) on the held-out domain, mean ± standard error over trials "
                 "(DomainBed's formula); the mean alone where there is one trial.\n")
-    markdown += "".join(f"\n## {title}\n\n{_markdown_table(t)}\n"
-                        + (f"\n{footnote}\n" if INCOMPLETE_MARK in _markdown_table(t)
-                           and footnote else "")
-                        for title, t in sections)
-    markdown += jobs_section
-    latex = "".join(_latex_table(t, f"{title}, model selection: {method_name}", footnote)
+    for title, table in sections:
+        text = markdown_table(table)
+        markdown += f"\n## {title}\n\n{text}\n" + "".join(
+            f"\n{note}\n" for mark, note in footnotes if mark in text)
+    markdown += _jobs_sections(report)
+    latex = "".join(latex_table(t, f"{title}, model selection: {method_name}", footnotes)
                     for title, t in sections)
-    base = result.out_dir / selection
-    base.with_suffix(".md").write_text(markdown)
-    base.with_suffix(".tex").write_text(latex)
-    csv_rows = pd.concat([result.cells[result.cells.selection == selection],
-                          result.overview[(result.overview.selection == selection)
-                                          & (result.overview.dataset == "Avg")]])
-    csv_rows[CSV_COLUMNS].to_csv(base.with_suffix(".csv"), index=False)
-    result.files += [base.with_suffix(s) for s in (".md", ".tex", ".csv")]
-    return markdown
+    return {f"{selection}.md": markdown, f"{selection}.tex": latex,
+            f"{selection}.csv": _tidy_csv(cells, overview, selection)}
 
 
-def _plot_dataset(rows, path, title):
+def png_bytes(figure):
+    """A matplotlib figure as PNG bytes (120 dpi)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    return buffer.getvalue()
+
+
+def _bar_chart(rows, title):
     """Grouped bar chart: one bar per algorithm per held-out domain + Avg, error bars = se."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -147,72 +142,14 @@ def _plot_dataset(rows, path, title):
     axes.set_title(title)
     axes.legend(fontsize="small")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    return png_bytes(figure)
 
 
-# ----------------------------------------------------------------------------- reference
-def published_reference() -> Path:
-    """The published-results CSV shipped with the package (a copy of the repository's
-    results/reference/published_results.csv)."""
-    return Path(str(resources.files("lpa_domainbed.tools") / "data" / "published_results.csv"))
-
-
-def copy_reference(source=None, destination=Path("results/reference/published_results.csv")):
-    """Copy a published-results CSV (default: the packaged one), unchanged."""
-    source = published_reference() if source is None else source
-    destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, destination)
-    return destination
-
-
-def compare_with_published(overview, reference):
-    """Our dataset averages beside published ones (same algorithm and model selection).
-
-    Rows whose model selection is 'unspecified' are shown beside our training-domain
-    validation numbers, labelled as such. Returns an empty DataFrame when nothing matches.
-    """
-    ours = overview[overview.dataset != "Avg"].set_index(["selection", "dataset", "algorithm"])
-    rows = []
-    for published in reference.to_dict("records"):
-        selection = published["model_selection"]
-        our_selection = "training_domain_validation" if selection == "unspecified" else selection
-        for dataset in overview.dataset.unique():
-            key = (our_selection, dataset, published["algorithm"])
-            if dataset not in published or pd.isna(published[dataset]) or key not in ours.index:
-                continue
-            our_mean = ours.loc[key, "mean"]
-            if not math.isnan(our_mean):
-                rows.append({"dataset": dataset, "algorithm": published["algorithm"],
-                             "our selection": our_selection, "ours": our_mean,
-                             "published": float(published[dataset]),
-                             "published selection": selection, "source": published["source"],
-                             "ours - published": our_mean - float(published[dataset])})
-    return pd.DataFrame(rows)
-
-
-def write_comparison(result, reference_csv):
-    """Write reference_comparison.md when our datasets/algorithms meet published ones."""
-    comparison = compare_with_published(result.overview, pd.read_csv(reference_csv))
-    if comparison.empty:
-        return None
-    path = result.out_dir / "reference_comparison.md"
-    markdown = ("# Ours vs published (dataset averages, %)\n\nPublished rows with 'unspecified' "
-                "model selection are shown beside our training-domain validation numbers.\n\n"
-                + tabulate(comparison, headers="keys", tablefmt="pipe", floatfmt=".1f",
-                           showindex=False) + "\n")
-    path.write_text(markdown)
-    print(markdown)
-    result.files.append(path)
-    return comparison
-
-
-def write_plots(result):
-    """One bar chart per dataset for training-domain validation (skips empty datasets)."""
-    validation = result.cells[result.cells.selection == "training_domain_validation"]
-    for dataset in validation.dataset.unique():
-        rows = validation[validation.dataset == dataset]
-        if rows["mean"].notna().any():
-            path = result.out_dir / f"{dataset}_training_domain_validation.png"
-            _plot_dataset(rows, path, f"{dataset}, training-domain validation")
-            result.files.append(path)
+def bar_charts(cells):
+    """``{'<dataset>_training_domain_validation.png': PNG bytes}`` for every dataset with a
+    number under training-domain validation."""
+    validation = cells[cells.selection == "training_domain_validation"]
+    return {f"{dataset}_training_domain_validation.png":
+            _bar_chart(rows, f"{dataset}, training-domain validation")
+            for dataset, rows in validation.groupby("dataset", sort=False)
+            if rows["mean"].notna().any()}
