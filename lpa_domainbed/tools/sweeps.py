@@ -25,7 +25,7 @@ else:  # Python 3.10: the same parser from PyPI
     import tomli as tomllib
 
 __all__ = ["SweepSpec", "SweepFileError", "SWEEPS_DIR", "sweeps_dir", "known_sweeps",
-           "load_sweep", "check_names", "sweep_command", "list_jobs", "missing_data",
+           "load_sweep", "check_names", "check_hparams", "sweep_command", "list_jobs", "missing_data",
            "format_command"]
 
 #: where DomainBed's image datasets read their files, relative to --data_dir
@@ -140,6 +140,24 @@ def check_names(spec: SweepSpec) -> None:
             extra = f' or "{PACKAGE_ALGORITHMS}"' if key == "algorithms" else ""
             raise SweepFileError(f"{spec.path}: unknown {key} {unknown}; known: "
                                  f"{sorted(known)}{extra}")
+
+
+def check_hparams(spec: SweepSpec) -> None:
+    """The sweep's ``hparams`` checked as each of the package's algorithms checks them when its
+    job starts (:func:`lpa_domainbed.hparams.validate`), so a typo fails here, before any job
+    is launched, not in every job. DomainBed's own algorithms ignore names they do not know."""
+    if not spec.hparams:
+        return
+    from lpa_domainbed import hparams as hp
+    from lpa_domainbed.algorithms import load
+
+    ours = load()
+    for name in spec.expanded_algorithms():
+        if name in ours:
+            try:
+                hp.validate(ours[name], dict(spec.hparams))
+            except ValueError as error:
+                raise SweepFileError(f"{spec.path}: hparams for {name}: {error}") from None
 
 
 def load_sweep(name_or_path: str, check_registry: bool = True) -> SweepSpec:
