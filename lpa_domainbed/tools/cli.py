@@ -29,8 +29,9 @@ def run_forwarding_signals(cmd: list[str]) -> None:
     SIGINT, SIGTERM and SIGHUP sent to us reach the child's whole group (DomainBed's sweep and
     its launcher) as SIGINT, a Ctrl-C, whatever the signal: the launcher stops its jobs exactly
     as on Ctrl-C (a SIGTERM would end DomainBed's sweep script at once, leaving the jobs
-    running). We wait for it; then KeyboardInterrupt is raised. A terminal's Ctrl-C reaches only us (the
-    child has its own group), so nobody gets it twice. Raises CalledProcessError on failure.
+    running). We wait for it; then KeyboardInterrupt is raised. A terminal's Ctrl-C reaches
+    only us (the child has its own group), so nobody gets it twice. Raises
+    CalledProcessError on failure.
     """
     print(f"==> {sweeps.format_command(cmd)}", flush=True)
     child = subprocess.Popen(cmd, env=runinfo.env_with_python(), start_new_session=True)

@@ -25,8 +25,8 @@ else:  # Python 3.10: the same parser from PyPI
     import tomli as tomllib
 
 __all__ = ["SweepSpec", "SweepFileError", "SWEEPS_DIR", "sweeps_dir", "known_sweeps",
-           "load_sweep", "check_names", "check_hparams", "sweep_command", "list_jobs", "missing_data",
-           "format_command"]
+           "load_sweep", "check_names", "check_hparams", "sweep_command", "list_jobs",
+           "missing_data", "format_command"]
 
 #: where DomainBed's image datasets read their files, relative to --data_dir
 DATA_SUBDIRS = {"VLCS": "VLCS", "PACS": "PACS", "OfficeHome": "office_home",

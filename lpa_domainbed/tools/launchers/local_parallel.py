@@ -3,8 +3,8 @@
 DomainBed's ``local`` launcher is serial. This one keeps ``LPA_DOMAINBED_JOBS`` commands
 running (default: the number of CPU cores), writes one log per job, prints progress, reports
 failed jobs with their log, and on Ctrl-C (or SIGTERM, SIGHUP) stops every job (see
-:mod:`.processes`) and ends the sweep with one line. Jobs get this process's environment (``LPA_DOMAINBED_PLUGINS`` included)
-with the sweep's interpreter first on PATH.
+:mod:`.processes`) and ends the sweep with one line. Jobs get this process's environment
+(``LPA_DOMAINBED_PLUGINS`` included) with the sweep's interpreter first on PATH.
 """
 
 from __future__ import annotations

@@ -58,7 +58,8 @@ def stop_jobs(processes: list[subprocess.Popen], grace: float = GRACE_SECONDS) -
 
 @contextlib.contextmanager
 def ignoring_ctrl_c():
-    """A second Ctrl-C (or SIGTERM, SIGHUP) must not interrupt the clean-up of the first (main thread only)."""
+    """A second Ctrl-C (or SIGTERM, SIGHUP) must not interrupt the clean-up of the first (main
+    thread only)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

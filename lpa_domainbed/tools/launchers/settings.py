@@ -24,8 +24,8 @@ from typing import Any, Callable, Mapping
 
 from lpa_domainbed.tools.launchers.jobs import remove_empty_job_dirs
 
-__all__ = ["LauncherSettingError", "SlurmSettings", "num_parallel_jobs", "settings_or_cleanup", "slurm_settings",
-           "validate_settings"]
+__all__ = ["LauncherSettingError", "SlurmSettings", "num_parallel_jobs", "settings_or_cleanup",
+           "slurm_settings", "validate_settings"]
 
 
 def _text(raw: str) -> str:
