@@ -19,7 +19,7 @@ DATA_DIR ?= sweeps_output/data
 OUTPUT_DIR ?= sweeps_output/$(NAME)
 LAUNCHER ?=
 
-.PHONY: setup domainbed test test-py310 demo sweep sweep-dry-run tables figures bench clean-venv help
+.PHONY: setup domainbed test test-py310 test-slurm demo sweep sweep-dry-run tables figures bench clean-venv help
 
 help:
 	@echo "make demo | test | setup | domainbed | sweep NAME=.. DATA_DIR=.. OUTPUT_DIR=.. [LAUNCHER=..] | tables INPUT_DIR=.. NAME=.. | figures [FIGURES_ARGS=..] | bench [BENCH_ARGS=..]"
@@ -74,7 +74,7 @@ demo: $(STAMP)
 sweep: $(STAMP)
 	@$(MAKE) --no-print-directory domainbed
 	@echo "==> sweep $(NAME): sweeps/$(NAME).toml -> python -m domainbed.scripts.sweep launch"
-	@$(PY) -m lpa_domainbed.tools.cli sweep $(NAME) --data_dir $(DATA_DIR) --output_dir $(OUTPUT_DIR) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(DRY_RUN),--dry_run) $(if $(RESTART_INCOMPLETE),--restart_incomplete)
+	@$(PY) -m lpa_domainbed.tools.cli sweep "$(NAME)" --data_dir "$(DATA_DIR)" --output_dir "$(OUTPUT_DIR)" $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(DRY_RUN),--dry_run) $(if $(RESTART_INCOMPLETE),--restart_incomplete)
 
 sweep-dry-run:
 	@$(MAKE) --no-print-directory sweep DRY_RUN=1
@@ -129,3 +129,14 @@ GPU_PY = $(if $(wildcard $(PY)),$(PY),python3)
 gpu-check:
 	@echo "==> gpu-check with $(GPU_PY)"
 	@$(GPU_PY) -m lpa_domainbed.tools.gpu_check $(GPU_CHECK_ARGS)
+
+# The submitit launcher against a real Slurm cluster: installs slurm-wlm and munge with apt-get
+# where missing (as root), starts a throw-away single-node cluster in a temporary directory,
+# runs the tests marked 'slurm' through DomainBed's sweep, and stops the cluster's daemons by
+# pid at the end, also when a test fails. SLURM_REQUIRED=1 (CI) fails where a skip would be.
+test-slurm: setup
+	@echo "==> real-Slurm tests: a one-node cluster of our own, DomainBed's sweep with --command_launcher submitit"
+	@dir=$$(mktemp -d -t lpa-slurm-XXXXXX); \
+	trap 'for f in "$$dir"/*.pid; do [ -f "$$f" ] && kill "$$(cat "$$f")" 2>/dev/null; done; sleep 1; rm -rf "$$dir"' EXIT; \
+	LPA_TEST_SLURM=1 LPA_TEST_SLURM_DIR="$$dir" LPA_TEST_SLURM_REQUIRED=$(SLURM_REQUIRED) \
+	  $(PY) -m pytest -m slurm -p no:cacheprovider -rsP tests/test_slurm.py

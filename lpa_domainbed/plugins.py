@@ -22,11 +22,14 @@ import re
 import sys
 from pathlib import Path
 
-__all__ = ["ENV_VAR", "GROUP", "Failure", "FAILURES", "import_isolated", "requested", "load",
-           "explain_missing"]
+__all__ = ["ENV_VAR", "GROUP", "LAUNCHER_GROUP", "Failure", "FAILURES", "import_isolated",
+           "requested", "load", "load_launchers", "explain_missing"]
 
 ENV_VAR = "LPA_DOMAINBED_PLUGINS"
 GROUP = "lpa_domainbed.plugins"
+#: modules of command launchers: imported only with ``domainbed.command_launchers`` (where a
+#: sweep runs), never in the train processes, which do not launch anything.
+LAUNCHER_GROUP = "lpa_domainbed.launchers"
 
 
 @dataclasses.dataclass
@@ -45,7 +48,7 @@ class Failure:
 
 #: module name -> its import failure, in this interpreter.
 FAILURES: dict[str, Failure] = {}
-_state = {"loading": False, "done": False}
+_state = {"loading": False, "done": False, "launchers": False}
 
 # `@ALGORITHMS.register("Name")`, `DATASETS.add("Name", ...)`, `@ALGORITHMS.register` + class
 _NAMED = re.compile(r"""\.(?:register|add)\(\s*(?:name\s*=\s*)?["'](\w+)["']""")
@@ -155,6 +158,20 @@ def load() -> bool:
     finally:
         _state["loading"], _state["done"] = False, True
     return True
+
+
+def load_launchers() -> None:
+    """Import the modules of :data:`LAUNCHER_GROUP` once per interpreter (each isolated)."""
+    from importlib.metadata import entry_points
+
+    if _state["launchers"]:
+        return
+    _state["launchers"] = True
+    for ep in entry_points(group=LAUNCHER_GROUP):
+        dist = getattr(getattr(ep, "dist", None), "name", "?")
+        import_isolated(ep.value.split(":")[0].strip(),
+                        f"entry point {ep.name!r} of distribution {dist!r}, group "
+                        f"{LAUNCHER_GROUP!r}")
 
 
 def explain_missing(name: str) -> str | None:

@@ -8,9 +8,9 @@ DomainBed itself stays unmodified: we set module attributes and extend its lists
   hyperparameters are added with DomainBed's per-name seeding (built-ins are untouched);
 * ``domainbed.datasets``: each dataset class as an attribute and in ``DATASETS``;
 * ``domainbed.command_launchers.REGISTRY``: the command launchers in :data:`LAUNCHERS` (the
-  package's own come from ``lpa_domainbed.tools.launchers``, which registers them there and is
-  loaded like any plugin, through this package's ``lpa_domainbed.plugins`` entry point: the
-  core never imports the tooling);
+  package's own come from ``lpa_domainbed.tools.launchers``, which registers them there; it is
+  imported through the entry-point group ``lpa_domainbed.launchers`` only when
+  ``domainbed.command_launchers`` is, so train processes never load the tooling);
 * ``domainbed.lib.fast_data_loader.InfiniteDataLoader``: a guard that raises a clear error
   for a split smaller than the batch size (DomainBed would otherwise loop forever).
 
@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 import sys
 
 from lpa_domainbed.registry import Registry, owner
 
-__all__ = ["register", "on_module_loaded", "SmallSplitError", "LAUNCHERS"]
+__all__ = ["register", "on_module_loaded", "SmallSplitError", "LAUNCHERS", "domainbed_advice"]
 
 #: name -> DomainBed command launcher ``fn(commands)``, copied into ``command_launchers.REGISTRY``.
 LAUNCHERS: Registry = Registry("command launcher")
@@ -146,6 +147,9 @@ def _patch_hparams(module):
 
 
 def _register_launchers(module):
+    from lpa_domainbed.plugins import load_launchers
+
+    load_launchers()  # the launcher modules register into LAUNCHERS (the tooling's own too)
     for name, fn in LAUNCHERS.items():
         existing = module.REGISTRY.get(name)
         if existing is not None and existing is not fn:
@@ -203,6 +207,31 @@ def on_module_loaded(name, module):
         _load_plugins()
 
 
+DOMAINBED_COMMIT = "b93c22a"  # the DomainBed commit this package is tested with
+_CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # a checkout's root
+
+
+def domainbed_advice() -> str:
+    """How to make DomainBed importable: ``make`` in a checkout of this package, plain
+    commands where it is installed (no Makefile)."""
+    import sysconfig
+    from pathlib import Path
+
+    pth = Path(sysconfig.get_paths()["purelib"]) / "_lpa_domainbed_domainbed.pth"
+    line = f"echo /path/to/DomainBed > {pth}"
+    checkout = Path(_CHECKOUT)
+    if (checkout / "Makefile").is_file() and (checkout / "pyproject.toml").is_file():
+        return ("DomainBed is not importable. Run 'make setup' (it clones DomainBed at the "
+                f"pinned commit {DOMAINBED_COMMIT} into $DOMAINBED_DIR, default "
+                "~/.cache/lpa-domainbed/DomainBed, and puts it on the environment's path); "
+                "for a checkout you have: 'make domainbed DOMAINBED_DIR=/path/to/DomainBed', "
+                f"or by hand: {line}")
+    return ("DomainBed is not importable. Clone it (git clone "
+            "https://github.com/facebookresearch/DomainBed; git -C DomainBed checkout "
+            f"{DOMAINBED_COMMIT}) and put it on this environment's path with one line: {line} "
+            "(or set PYTHONPATH=/path/to/DomainBed)")
+
+
 def register():
     """Register everything into DomainBed (importing it); safe to call any number of times."""
     for name, step in _STEPS.items():
@@ -210,9 +239,6 @@ def register():
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:
             if e.name and e.name.split(".")[0] == "domainbed":
-                raise ModuleNotFoundError(
-                    "DomainBed is not importable. Run 'make setup' (it clones DomainBed at the "
-                    "pinned commit into $DOMAINBED_DIR, default ~/.cache/lpa-domainbed/DomainBed, "
-                    "and puts it on the virtual environment's path).") from e
+                raise ModuleNotFoundError(domainbed_advice()) from e
             raise
         on_module_loaded(name, module)

@@ -58,9 +58,13 @@ def test_sweep_exit_status_and_resume(tmp_path, monkeypatch, capsys, raises, inc
         assert len(captured.err.strip().splitlines()) == 1  # one line, no traceback
 
 
-def test_signals_reach_the_childs_group_once_and_it_stops_gracefully(tmp_path):
-    """SIGINT to the CLI process is forwarded to the child's process group; the child's own
-    handler runs (it would stop its jobs), then the CLI reports an interruption."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
+                         ids=["SIGINT", "SIGTERM", "SIGHUP"])
+def test_signals_reach_the_childs_group_once_and_it_stops_gracefully(tmp_path, signum):
+    """SIGINT, SIGTERM (kill, a scheduler) or SIGHUP (a closed terminal) to the CLI process
+    reaches the child's process group as a Ctrl-C (DomainBed's sweep would die at once on
+    SIGTERM, leaving its jobs running); the child's own handler runs (it would stop its jobs),
+    then the CLI reports an interruption."""
     child = tmp_path / "child.py"
     child.write_text(textwrap.dedent(f"""
         import signal, sys, time, pathlib
@@ -79,6 +83,6 @@ def test_signals_reach_the_childs_group_once_and_it_stops_gracefully(tmp_path):
     deadline = time.time() + 60
     while not (tmp_path / "ready").exists() and time.time() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     assert proc.wait(timeout=60) == 130
     assert (tmp_path / "stopped").read_text() == "1"  # got it once, finished its handler

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from lpa_domainbed.tools import runinfo, sweeps
 from lpa_domainbed.tools.safe_output import atomic_write_text
+from lpa_domainbed.tools.sweep_lock import SweepLocked, sweep_lock
 
 __all__ = ["main", "run_forwarding_signals", "resume_command"]
 
@@ -24,10 +26,12 @@ INTERRUPTED = 130  # the shell's status for a process stopped by SIGINT
 def run_forwarding_signals(cmd: list[str]) -> None:
     """Run ``cmd`` in its own process group with this interpreter first on PATH.
 
-    SIGINT/SIGTERM sent to us are forwarded once to the child's whole group (DomainBed's sweep,
-    its launcher and the training jobs), and we wait for it, so the launcher can stop its jobs
-    gracefully; then KeyboardInterrupt is raised. A terminal's Ctrl-C reaches only us (the
-    child has its own group), so nobody gets it twice. Raises CalledProcessError on failure.
+    SIGINT, SIGTERM and SIGHUP sent to us reach the child's whole group (DomainBed's sweep and
+    its launcher) as SIGINT, a Ctrl-C, whatever the signal: the launcher stops its jobs exactly
+    as on Ctrl-C (a SIGTERM would end DomainBed's sweep script at once, leaving the jobs
+    running). We wait for it; then KeyboardInterrupt is raised. A terminal's Ctrl-C reaches
+    only us (the child has its own group), so nobody gets it twice. Raises
+    CalledProcessError on failure.
     """
     print(f"==> {sweeps.format_command(cmd)}", flush=True)
     child = subprocess.Popen(cmd, env=runinfo.env_with_python(), start_new_session=True)
@@ -36,11 +40,12 @@ def run_forwarding_signals(cmd: list[str]) -> None:
     def forward(signum, _frame):
         received.append(signum)
         try:
-            os.killpg(child.pid, signum)
+            os.killpg(child.pid, signal.SIGINT)
         except ProcessLookupError:
             pass
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, forward)
+                for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         returncode = child.wait()
     finally:
@@ -61,14 +66,15 @@ def _shown(path) -> str:
 def resume_command(args) -> str:
     """The one command that deletes the sweep's incomplete jobs and relaunches them: the make
     form when run by make (make exports MAKELEVEL), else the lpa-domainbed form."""
+    q = shlex.quote
     if os.environ.get("MAKELEVEL"):
-        line = (f"make sweep NAME={args.name} DATA_DIR={_shown(args.data_dir)} "
-                f"OUTPUT_DIR={_shown(args.output_dir)}")
-        return line + (f" LAUNCHER={args.launcher}" if args.launcher else "") + \
+        line = (f"make sweep NAME={q(args.name)} DATA_DIR={q(_shown(args.data_dir))} "
+                f"OUTPUT_DIR={q(_shown(args.output_dir))}")
+        return line + (f" LAUNCHER={q(args.launcher)}" if args.launcher else "") + \
             " RESTART_INCOMPLETE=1"
-    line = (f"lpa-domainbed sweep {args.name} --data_dir {_shown(args.data_dir)} "
-            f"--output_dir {_shown(args.output_dir)}")
-    return line + (f" --launcher {args.launcher}" if args.launcher else "") + \
+    line = (f"lpa-domainbed sweep {q(args.name)} --data_dir {q(_shown(args.data_dir))} "
+            f"--output_dir {q(_shown(args.output_dir))}")
+    return line + (f" --launcher {q(args.launcher)}" if args.launcher else "") + \
         " --restart_incomplete"
 
 
@@ -90,17 +96,32 @@ def _check_launcher(spec, launcher):
         sweeps.check_names(sweeps.SweepSpec(**{**spec.__dict__, "command_launcher": launcher}))
 
 
-def cmd_sweep(args) -> int:
-    import domainbed  # noqa: F401  (a clear error early if DomainBed is missing)
+def _require_domainbed() -> None:
+    try:
+        import domainbed  # noqa: F401
+    except ModuleNotFoundError as error:
+        if error.name != "domainbed":
+            raise
+        from lpa_domainbed.registration import domainbed_advice
 
+        raise ModuleNotFoundError(domainbed_advice()) from None
+
+
+def cmd_sweep(args) -> int:
+    from lpa_domainbed.tools.launchers.settings import validate_settings
+
+    _require_domainbed()
     spec = sweeps.load_sweep(args.name)
     _check_launcher(spec, args.launcher)
+    validate_settings(args.launcher or spec.command_launcher)  # before anything is launched
+    sweeps.check_hparams(spec)
     jobs = print_jobs(spec, args.data_dir, args.output_dir)
     missing = sweeps.missing_data(spec, args.data_dir)
     if missing:
         message = ("data not found:\n  " + "\n  ".join(missing) + "\nDownload it with "
                    f"'python -m domainbed.scripts.download --data_dir {args.data_dir}' "
-                   "(see docs/launchers.md) or pass the right DATA_DIR.")
+                   "(see docs/launchers.md) or pass the right "
+                   f"{'DATA_DIR' if os.environ.get('MAKELEVEL') else '--data_dir'}.")
         if not args.dry_run:
             raise FileNotFoundError(message)
         print("warning: " + message)
@@ -109,6 +130,11 @@ def cmd_sweep(args) -> int:
         print("  " + sweeps.format_command(sweeps.sweep_command(
             spec, "launch", args.data_dir, args.output_dir, args.launcher, python="python")))
         return 0
+    with sweep_lock(args.output_dir):
+        return _launch(spec, jobs, args)
+
+
+def _launch(spec, jobs, args) -> int:
     # DomainBed never relaunches a job whose directory exists without 'done'. Such a job may
     # have died, or may still be running on a cluster: delete and relaunch only when asked.
     incomplete = [j for j in jobs if j.state == "Incomplete"]
@@ -170,8 +196,10 @@ def cmd_demo(args) -> int:
     todo = sum(j.state != "Done" for j in jobs)
     print(f"==> {todo} of {len(jobs)} jobs to run; "
           f"{'resuming: finished jobs are kept' if todo < len(jobs) else 'fresh sweep'}")
-    run_forwarding_signals(sweeps.sweep_command(spec, "delete_incomplete", data_dir, output_dir))
-    run_forwarding_signals(sweeps.sweep_command(spec, "launch", data_dir, output_dir))
+    with sweep_lock(output_dir):
+        run_forwarding_signals(sweeps.sweep_command(spec, "delete_incomplete", data_dir,
+                                                    output_dir))
+        run_forwarding_signals(sweeps.sweep_command(spec, "launch", data_dir, output_dir))
     sweep_seconds = time.time() - start
     not_done = [j for j in sweeps.list_jobs(spec, data_dir, output_dir) if j.state != "Done"]
     result = tables.make_tables([str(output_dir)], name="demo", out_root=args.out_root)
@@ -220,7 +248,7 @@ def main(argv=None) -> int:
         again = resume_command(args) if args.command == "sweep" else "the same command"
         print(f"interrupted: {args.command} stopped; to resume, run {again}", file=sys.stderr)
         return INTERRUPTED
-    except (FileNotFoundError, ValueError, ModuleNotFoundError) as e:
+    except (FileNotFoundError, ValueError, ModuleNotFoundError, SweepLocked) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except subprocess.CalledProcessError as e:

@@ -25,8 +25,8 @@ else:  # Python 3.10: the same parser from PyPI
     import tomli as tomllib
 
 __all__ = ["SweepSpec", "SweepFileError", "SWEEPS_DIR", "sweeps_dir", "known_sweeps",
-           "load_sweep", "check_names", "sweep_command", "list_jobs", "missing_data",
-           "format_command"]
+           "load_sweep", "check_names", "check_hparams", "sweep_command", "list_jobs",
+           "missing_data", "format_command"]
 
 #: where DomainBed's image datasets read their files, relative to --data_dir
 DATA_SUBDIRS = {"VLCS": "VLCS", "PACS": "PACS", "OfficeHome": "office_home",
@@ -140,6 +140,20 @@ def check_names(spec: SweepSpec) -> None:
             extra = f' or "{PACKAGE_ALGORITHMS}"' if key == "algorithms" else ""
             raise SweepFileError(f"{spec.path}: unknown {key} {unknown}; known: "
                                  f"{sorted(known)}{extra}")
+
+
+def check_hparams(spec: SweepSpec) -> None:
+    """The sweep's ``hparams`` checked for every algorithm of the sweep, as each checks them
+    when its job starts (:func:`lpa_domainbed.hparams_check.validate_sweep_hparams`: names,
+    types, values), so a typo fails here, before any job is launched, not in every job."""
+    if not spec.hparams:
+        return
+    from lpa_domainbed.hparams_check import validate_sweep_hparams
+
+    try:
+        validate_sweep_hparams(spec.expanded_algorithms(), dict(spec.hparams))
+    except ValueError as error:
+        raise SweepFileError(f"{spec.path}: hparams:\n{error}") from None
 
 
 def load_sweep(name_or_path: str, check_registry: bool = True) -> SweepSpec:

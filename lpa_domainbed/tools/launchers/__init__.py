@@ -21,8 +21,8 @@ from lpa_domainbed.tools.launchers.settings import validate_settings
 
 __all__ = ["LAUNCHERS", "local_parallel_launcher", "validate_settings"]
 
-# This module is a plugin of the package (entry point ``launchers`` of the group
-# ``lpa_domainbed.plugins``), imported in every interpreter after DomainBed's modules load.
+# Imported through the entry point ``launchers`` of the group ``lpa_domainbed.launchers`` when
+# ``domainbed.command_launchers`` is imported (where a sweep runs), never in a train process.
 for _name, _launcher in (("local_parallel", local_parallel_launcher),
                          ("submitit", _submitit_module.submitit_launcher)):
     if LAUNCHERS.get(_name) is not _launcher:

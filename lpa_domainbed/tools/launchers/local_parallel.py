@@ -2,9 +2,9 @@
 
 DomainBed's ``local`` launcher is serial. This one keeps ``LPA_DOMAINBED_JOBS`` commands
 running (default: the number of CPU cores), writes one log per job, prints progress, reports
-failed jobs with their log, and on Ctrl-C stops every job (see :mod:`.processes`) and ends the
-sweep with one line. Jobs get this process's environment (``LPA_DOMAINBED_PLUGINS`` included)
-with the sweep's interpreter first on PATH.
+failed jobs with their log, and on Ctrl-C (or SIGTERM, SIGHUP) stops every job (see
+:mod:`.processes`) and ends the sweep with one line. Jobs get this process's environment
+(``LPA_DOMAINBED_PLUGINS`` included) with the sweep's interpreter first on PATH.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ import sys
 import tempfile
 import time
 
-from lpa_domainbed.tools.launchers.processes import ignoring_ctrl_c, interrupted, start_job, stop_jobs
-from lpa_domainbed.tools.launchers.settings import job_output_dir, num_parallel_jobs, settings_or_cleanup
+from lpa_domainbed.tools.launchers.jobs import job_output_dirs, start_clean
+from lpa_domainbed.tools.launchers.processes import (ignoring_ctrl_c, interrupted, start_job,
+                                                     stop_jobs, stop_signals_as_ctrl_c)
+from lpa_domainbed.tools.launchers.settings import num_parallel_jobs, settings_or_cleanup
 
 __all__ = ["local_parallel_launcher"]
 
@@ -24,11 +26,12 @@ _POLL_SECONDS = 0.2
 _PREFIX = "[local_parallel]"
 
 
-def _log_path(command: str, fallback_dir: str, index: int) -> str:
-    """``launcher.log`` in the job's own ``output_dir`` when the command names one."""
-    out_dir = job_output_dir(command)
+def _log_path(out_dir: str | None, fallback_dir: str, index: int) -> str:
+    """``launcher.log`` in the job's own ``output_dir`` (an earlier attempt's files moved aside
+    first, see :func:`.jobs.start_clean`), else a file in ``fallback_dir``."""
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
+        start_clean(out_dir)
         return os.path.join(out_dir, "launcher.log")
     return os.path.join(fallback_dir, f"job{index:05d}.log")
 
@@ -51,6 +54,7 @@ def local_parallel_launcher(commands: list[str], max_jobs: int | None = None) ->
     total = len(commands)
     fallback_dir = None
     env = _child_env()
+    out_dirs = job_output_dirs(commands)
     pending = list(enumerate(commands))
     running: dict[subprocess.Popen, tuple[int, str, str, object]] = {}
     failed: list[tuple[str, str, int]] = []
@@ -70,26 +74,27 @@ def local_parallel_launcher(commands: list[str], max_jobs: int | None = None) ->
             last_report = (finished, len(failed), now)
 
     try:
-        while pending or running:
-            for proc in [p for p in running if p.poll() is not None]:
-                index, command, log, handle = running.pop(proc)
-                handle.close()
-                if proc.returncode == 0:
-                    done += 1
-                else:
-                    failed.append((command, log, proc.returncode))
-                    print(f"{_PREFIX} job {index} failed (exit {proc.returncode}); log: {log}",
-                          file=sys.stderr, flush=True)
-            while pending and len(running) < max_jobs:
-                index, command = pending.pop(0)
-                if fallback_dir is None and job_output_dir(command) is None:
-                    fallback_dir = tempfile.mkdtemp(prefix="lpa_domainbed_logs_")
-                log = _log_path(command, fallback_dir, index)
-                handle = open(log, "w")
-                running[start_job(command, stdout=handle, stderr=subprocess.STDOUT,
-                                  env=env)] = (index, command, log, handle)
-            report()
-            time.sleep(_POLL_SECONDS)
+        with stop_signals_as_ctrl_c():
+            while pending or running:
+                for proc in [p for p in running if p.poll() is not None]:
+                    index, command, log, handle = running.pop(proc)
+                    handle.close()
+                    if proc.returncode == 0:
+                        done += 1
+                    else:
+                        failed.append((command, log, proc.returncode))
+                        print(f"{_PREFIX} job {index} failed (exit {proc.returncode}); log: {log}",
+                              file=sys.stderr, flush=True)
+                while pending and len(running) < max_jobs:
+                    index, command = pending.pop(0)
+                    if fallback_dir is None and out_dirs[index] is None:
+                        fallback_dir = tempfile.mkdtemp(prefix="lpa_domainbed_logs_")
+                    log = _log_path(out_dirs[index], fallback_dir, index)
+                    handle = open(log, "w")
+                    running[start_job(command, stdout=handle, stderr=subprocess.STDOUT,
+                                      env=env)] = (index, command, log, handle)
+                report()
+                time.sleep(_POLL_SECONDS)
     except KeyboardInterrupt:
         with ignoring_ctrl_c():
             stop_jobs(list(running))

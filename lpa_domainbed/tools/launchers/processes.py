@@ -18,9 +18,10 @@ import time
 from lpa_domainbed.tools.runinfo import env_with_python
 
 __all__ = ["ignoring_ctrl_c", "interruptible_children", "interrupted", "start_job",
-           "stop_jobs"]
+           "stop_jobs", "stop_signals_as_ctrl_c"]
 
 GRACE_SECONDS = 5.0
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def start_job(command: str, **popen_kwargs) -> subprocess.Popen:
@@ -57,15 +58,36 @@ def stop_jobs(processes: list[subprocess.Popen], grace: float = GRACE_SECONDS) -
 
 @contextlib.contextmanager
 def ignoring_ctrl_c():
-    """A second Ctrl-C must not interrupt the clean-up of the first (main thread only)."""
+    """A second Ctrl-C (or SIGTERM, SIGHUP) must not interrupt the clean-up of the first (main
+    thread only)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in _STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _as_ctrl_c(signum, _frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def stop_signals_as_ctrl_c():
+    """Inside, SIGTERM (``kill``, a scheduler) and SIGHUP (a closed terminal) stop the launch
+    exactly as Ctrl-C does: every job is stopped, none is left running (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _as_ctrl_c) for s in _STOP_SIGNALS[1:]}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @contextlib.contextmanager

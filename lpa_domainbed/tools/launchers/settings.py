@@ -18,14 +18,14 @@ import importlib.util
 import json
 import math
 import os
-import re
-import shlex
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-__all__ = ["SlurmSettings", "job_output_dir", "num_parallel_jobs", "remove_empty_job_dirs",
-           "settings_or_cleanup", "slurm_settings", "validate_settings"]
+from lpa_domainbed.tools.launchers.jobs import remove_empty_job_dirs
+
+__all__ = ["LauncherSettingError", "SlurmSettings", "num_parallel_jobs", "settings_or_cleanup",
+           "slurm_settings", "validate_settings"]
 
 
 def _text(raw: str) -> str:
@@ -148,28 +148,19 @@ def validate_settings(launcher: str | None = None,
                                   "pip install 'lpa-domainbed[slurm]'")
 
 
-def job_output_dir(command: str) -> str | None:
-    """The ``--output_dir`` a command names (DomainBed's train commands do), else None."""
-    match = re.search(r"--output_dir\s+(\S+)", command)
-    return shlex.split(match.group(1))[0] if match else None
-
-
-def remove_empty_job_dirs(commands: list[str]) -> None:
-    """Remove the commands' job directories that are still empty (made by DomainBed's
-    ``Job.launch`` for jobs that never started), so that DomainBed's next ``launch`` sees those
-    jobs as not launched rather than incomplete."""
-    for command in commands:
-        out_dir = job_output_dir(command)
-        if out_dir and os.path.isdir(out_dir) and not os.listdir(out_dir):
-            os.rmdir(out_dir)
+class LauncherSettingError(SystemExit, ValueError):
+    """An invalid launcher setting or a missing submitit, raised by a launcher. A ValueError to
+    callers; uncaught (in DomainBed's sweep script) it ends the process with its message alone,
+    without a traceback (it is also a SystemExit, status 1)."""
 
 
 def settings_or_cleanup(commands: list[str], launcher: str, read: Callable[[], Any]) -> Any:
     """``read()`` (after :func:`validate_settings` for ``launcher``); when a setting is invalid,
-    first :func:`remove_empty_job_dirs`, so the corrected command launches every job."""
+    first :func:`remove_empty_job_dirs`, so the corrected command launches every job, then
+    raise :class:`LauncherSettingError`."""
     try:
         validate_settings(launcher)
         return read()
-    except (ValueError, ModuleNotFoundError):
+    except (ValueError, ModuleNotFoundError) as error:
         remove_empty_job_dirs(commands)
-        raise
+        raise LauncherSettingError(f"error: {error}") from None

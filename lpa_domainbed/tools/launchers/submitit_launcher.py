@@ -34,10 +34,13 @@ import subprocess
 import sys
 import time
 
+from lpa_domainbed.tools.launchers.jobs import job_output_dirs, remove_empty_job_dirs, start_clean
 from lpa_domainbed.tools.launchers.processes import (ignoring_ctrl_c, interruptible_children,
-                                                     interrupted, start_job, stop_jobs)
-from lpa_domainbed.tools.launchers.settings import (SlurmSettings, remove_empty_job_dirs,
-                                              settings_or_cleanup, slurm_settings)
+                                                     interrupted, start_job, stop_jobs,
+                                                     stop_signals_as_ctrl_c)
+from lpa_domainbed.tools.launchers.settings import (SlurmSettings, settings_or_cleanup,
+                                                    slurm_settings)
+from lpa_domainbed.tools.launchers.slurm_queue import JOB_NAME, ended_state, queue_states
 
 __all__ = ["run_shell_command", "submitit_launcher"]
 
@@ -46,11 +49,16 @@ _POLL_SECONDS = 5.0
 _LOCAL_CANCEL_SECONDS = 10.0
 
 
-def run_shell_command(command: str) -> None:
+def run_shell_command(command: str, output_dir: str | None = None) -> None:
     """The job submitit runs: ``command`` in a shell (see :func:`.processes.start_job`);
-    CalledProcessError when it exits non-zero. When the job is interrupted (cancelled, timed
-    out, preempted) the shell's whole process group is stopped, so nothing outlives it."""
+    CalledProcessError when it exits non-zero. A job that starts again (requeued) first moves
+    its earlier attempt's files in ``output_dir`` aside (:func:`.jobs.start_clean`). When the
+    job is interrupted (cancelled, timed out, preempted) the shell's whole process group is
+    stopped, so nothing outlives it."""
     print(f"{_PREFIX} running: {command}", flush=True)
+    moved = start_clean(output_dir)
+    if moved:
+        print(f"{_PREFIX} an earlier attempt's files were moved to {moved}", flush=True)
     process = start_job(command)
     try:
         returncode = process.wait()
@@ -69,6 +77,12 @@ def _failure(error: BaseException) -> str:
     if match:
         code = int(match.group(1))
         return f"killed by signal {-code}" if code < 0 else f"exit {code}"
+    match = re.search(r"died with <Signals\.(\w+): (\d+)>", text)
+    if match:
+        return f"killed by signal {match.group(2)} ({match.group(1)})"
+    match = re.search(r"Job not requeued because: ([^.\n]*)", text)
+    if match:  # submitit's answer to Slurm's warning signal before the time limit
+        return f"stopped by Slurm: {match.group(1)} (raise LPA_SLURM_TIME_MIN)"
     match = re.search(r"has not produced any output \(state: ([^)]*)\)", text)
     if match:
         return f"ended without a result (state {match.group(1)})"
@@ -86,14 +100,16 @@ def _make_executor(settings: SlurmSettings):
     folder = (settings.log_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}").absolute()
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
     executor.update_parameters(
-        name="lpa_domainbed", nodes=1, tasks_per_node=1, timeout_min=settings.time_min,
+        name=JOB_NAME, nodes=1, tasks_per_node=1, timeout_min=settings.time_min,
         cpus_per_task=settings.cpus, gpus_per_node=settings.gpus or None,
         mem_gb=settings.mem_gb, slurm_partition=settings.partition,
-        slurm_account=settings.account, slurm_additional_parameters=settings.extra or None)
+        slurm_account=settings.account, slurm_additional_parameters=settings.extra or None,
+        # Slurm warns a job (SIGUSR2) this long before its time limit; submitit then ends it
+        slurm_signal_delay_s=min(90, max(10, settings.time_min * 15)))
     return executor, folder, cluster
 
 
-def _submit_arrays(executor, commands: list[str], jobs: list, failed: dict,
+def _submit_arrays(executor, commands: list[str], out_dirs: list, jobs: list, failed: dict,
                    settings: SlurmSettings, parallelism: int) -> None:
     """Job arrays of at most ``max_array_size`` tasks sharing ``parallelism``. Commands sbatch
     refuses (e.g. a per-user job limit) fail and lose their empty job directories, so that a
@@ -104,7 +120,8 @@ def _submit_arrays(executor, commands: list[str], jobs: list, failed: dict,
     executor.update_parameters(slurm_array_parallelism=per_array)
     for start in starts:
         try:
-            array = executor.map_array(run_shell_command, commands[start:start + size])
+            array = executor.map_array(run_shell_command, commands[start:start + size],
+                                       out_dirs[start:start + size])
         except (RuntimeError, OSError) as error:
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
             failed.update({i: f"not submitted ({reason})" for i in range(start, len(commands))})
@@ -139,15 +156,57 @@ def _cancel(unfinished: list, cluster: str) -> None:
         time.sleep(0.1)
 
 
+def _has_result(job) -> bool:
+    return job.paths.result_pickle.exists()
+
+
+class _Queue:
+    """Slurm's queue, asked once per poll (see :mod:`.slurm_queue`); ``states`` is None
+    locally or where ``squeue`` cannot answer (then submitit's own view decides)."""
+
+    def __init__(self, cluster: str):
+        self.cluster, self.states = cluster, None
+        self.absent: dict[int, int] = {}
+        self.requeued: set[int] = set()
+
+    def refresh(self) -> None:
+        self.states = queue_states() if self.cluster == "slurm" else None
+
+    def ended(self, index: int, job) -> str | None:
+        """None while the job runs or waits; "" when it ended with a result; else how it
+        ended without one (seen out of the queue on two polls in a row)."""
+        if self.states is None:
+            return "" if job.done() else None
+        if job.job_id in self.states:
+            self.absent.pop(index, None)
+            if _has_result(job) and index not in self.requeued:  # an earlier attempt's result
+                self.requeued.add(index)
+                print(f"{_PREFIX} job {index} was requeued by Slurm; it starts again and "
+                      f"moves its earlier attempt's files to attempt-<n>/ in its output "
+                      f"directory", flush=True)
+            return None
+        if _has_result(job):
+            return ""
+        self.absent[index] = self.absent.get(index, 0) + 1
+        if self.absent[index] < 2:
+            return None
+        return f"ended without a result (state {ended_state(job.job_id)})"
+
+    def running(self, job) -> bool:
+        state = self.states.get(job.job_id, "") if self.states is not None else str(job.state)
+        return state.upper() in ("RUNNING", "COMPLETING")
+
+
 def submitit_launcher(commands: list[str]) -> list[str]:
     """Run ``commands`` (shell strings) as submitit jobs and wait for all of them. Returns the
-    commands that failed; a failed job does not stop the others. Ctrl-C cancels the unfinished
-    jobs and raises SystemExit(130)."""
+    commands that failed; a failed job does not stop the others. Ctrl-C (or SIGTERM, SIGHUP)
+    cancels the unfinished jobs and raises SystemExit(130)."""
     commands = list(commands)
     settings = settings_or_cleanup(commands, "submitit", slurm_settings)
     if not commands:
         print(f"{_PREFIX} nothing to launch", flush=True)
         return []
+    out_dirs = job_output_dirs(commands)
     executor, folder, cluster = _make_executor(settings)
     parallelism = settings.array_parallelism or (64 if cluster == "slurm" else os.cpu_count() or 1)
     print(f"{_PREFIX} {len(commands)} jobs on {cluster}, at most {parallelism} at once; logs in "
@@ -155,39 +214,47 @@ def submitit_launcher(commands: list[str]) -> list[str]:
     jobs: list = [None] * len(commands)
     failed: dict[int, str] = {}  # index -> reason
     finished: set[int] = set()
+    queue = _Queue(cluster)
     last_line, start = None, time.monotonic()
     try:
-        if cluster == "slurm":
-            _submit_arrays(executor, commands, jobs, failed, settings, parallelism)
-            finished.update(failed)
-        while len(finished) < len(commands):
-            for index, job in enumerate(jobs):
-                if job is None or index in finished or not job.done():
-                    continue
-                finished.add(index)
-                error = job.exception()
-                if error is not None:
-                    failed[index] = _failure(error)
-                    print(f"{_PREFIX} job {index} failed ({failed[index]}); {_logs(job)}",
-                          file=sys.stderr, flush=True)
-            active = sum(job is not None and i not in finished for i, job in enumerate(jobs))
-            for index in range(len(commands)):  # the local executor has no array cap: ours
-                if cluster == "local" and jobs[index] is None and active < parallelism:
-                    with interruptible_children():  # cancel() sends SIGINT
-                        jobs[index] = executor.submit(run_shell_command, commands[index])
-                    active += 1
-            running = sum(job is not None and i not in finished
-                          and str(job.state).upper() in ("RUNNING", "COMPLETING")
-                          for i, job in enumerate(jobs))
-            line = (f"{_PREFIX} {len(finished)}/{len(commands)} finished ({len(failed)} failed), "
-                    f"{running} running, {active - running} queued"
-                    + (f", {jobs.count(None) - len(failed)} waiting"
-                       if jobs.count(None) > len(failed) else ""))
-            if line != last_line:
-                print(f"{line}, {time.monotonic() - start:.0f}s", flush=True)
-                last_line = line
-            if len(finished) < len(commands):
-                _sleep(_POLL_SECONDS)
+        with stop_signals_as_ctrl_c():
+            if cluster == "slurm":
+                _submit_arrays(executor, commands, out_dirs, jobs, failed, settings, parallelism)
+                finished.update(failed)
+            while len(finished) < len(commands):
+                queue.refresh()
+                for index, job in enumerate(jobs):
+                    if job is None or index in finished:
+                        continue
+                    ended = queue.ended(index, job)
+                    if ended is None:
+                        continue
+                    finished.add(index)
+                    error = job.exception() if ended == "" else None
+                    if ended or error is not None:
+                        failed[index] = ended or _failure(error)
+                        if queue.states is not None and "signal" in failed[index]:
+                            failed[index] += f"; Slurm: {ended_state(job.job_id)}"
+                        print(f"{_PREFIX} job {index} failed ({failed[index]}); {_logs(job)}",
+                              file=sys.stderr, flush=True)
+                active = sum(job is not None and i not in finished for i, job in enumerate(jobs))
+                for index in range(len(commands)):  # the local executor has no array cap: ours
+                    if cluster == "local" and jobs[index] is None and active < parallelism:
+                        with interruptible_children():  # cancel() sends SIGINT
+                            jobs[index] = executor.submit(run_shell_command, commands[index],
+                                                          out_dirs[index])
+                        active += 1
+                running = sum(job is not None and i not in finished and queue.running(job)
+                              for i, job in enumerate(jobs))
+                line = (f"{_PREFIX} {len(finished)}/{len(commands)} finished ({len(failed)} "
+                        f"failed), {running} running, {active - running} queued"
+                        + (f", {jobs.count(None) - len(failed)} waiting"
+                           if jobs.count(None) > len(failed) else ""))
+                if line != last_line:
+                    print(f"{line}, {time.monotonic() - start:.0f}s", flush=True)
+                    last_line = line
+                if len(finished) < len(commands):
+                    _sleep(_POLL_SECONDS)
     except KeyboardInterrupt:
         unfinished = [job for i, job in enumerate(jobs) if job is not None and i not in finished]
         with ignoring_ctrl_c():
