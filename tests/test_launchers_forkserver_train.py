@@ -154,3 +154,19 @@ def test_a_stopped_or_killed_sweep_leaves_no_process_behind(tmp_path, how):
     else:
         assert returncode == -signal.SIGKILL
 
+
+
+def test_a_server_that_touched_cuda_refuses_and_leaves_the_jobs_unlaunched(tmp_path,
+                                                                          monkeypatch, capfd):
+    plugin = tmp_path / "cuda_at_import.py"  # as if a plugin had called torch.cuda at import
+    plugin.write_text("import torch\ntorch.cuda.is_initialized = lambda: True\n")
+    monkeypatch.setenv("LPA_DOMAINBED_PLUGINS", str(plugin))
+    job_dirs = [tmp_path / f"job{i}" for i in range(2)]
+    for job_dir in job_dirs:
+        job_dir.mkdir()  # made by DomainBed's Job.launch before the launcher runs
+
+    with pytest.raises(RuntimeError, match="server ended .* local_parallel runs without it"):
+        local_forkserver_launcher([train_command(d, "ERM", 3) for d in job_dirs], max_jobs=2)
+
+    assert "cannot fork training jobs: torch.cuda is initialized" in capfd.readouterr().err
+    assert not any(job_dir.exists() for job_dir in job_dirs)

@@ -70,8 +70,7 @@ class ForkServer:
         requests_read, self._requests = os.pipe()
         self._events, events_write = os.pipe()
         code = ("from lpa_domainbed.tools.launchers.forkserver_server import serve, run_job\n"
-                f"job = serve({requests_read}, {events_write})\n"
-                "if job is not None:\n    run_job(job)\n")
+                f"run_job(serve({requests_read}, {events_write}))\n")
         self.process = subprocess.Popen(
             [sys.executable, "-c", code], env=env_with_python(sys.executable, env),
             stdin=subprocess.DEVNULL, start_new_session=True,

@@ -163,9 +163,9 @@ def _enter_child(server: _Server, job: dict) -> None:
         sys.modules["numpy"].random.seed()
 
 
-def serve(requests_fd: int, events_fd: int) -> dict | None:
-    """The server's main function (see the module's docstring). Returns None in the server
-    when it is done, and the job in each forked child, which then calls :func:`run_job`."""
+def serve(requests_fd: int, events_fd: int) -> dict:
+    """The server's main function (see the module's docstring). Returns only in a forked
+    child, with its job, for :func:`run_job`; the server itself exits when it is done."""
     server = _Server(requests_fd, events_fd)
 
     def on_sigterm(_signum, _frame):
@@ -185,8 +185,11 @@ def serve(requests_fd: int, events_fd: int) -> dict | None:
         raise SystemExit(3)
     server.send(ready=True)
     job = server.loop()
-    if job is not None:
-        _enter_child(server, job)
+    if job is None:  # the server is done: skip the slow finalization of torch & co
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    _enter_child(server, job)
     return job
 
 
