@@ -26,6 +26,7 @@ even killed) or SIGTERM: every child's process group is stopped, and the server 
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -183,6 +184,11 @@ def serve(requests_fd: int, events_fd: int) -> dict:
               f"LPA_DOMAINBED_PLUGINS), or use --command_launcher local_parallel",
               file=sys.stderr, flush=True)
         raise SystemExit(3)
+    with contextlib.suppress(OSError):
+        if len(os.listdir("/proc/self/task")) > 1:  # a library started threads at import
+            print("[local_forkserver] warning: the server runs several threads after its "
+                  "imports; a forked job inherits only the forking one (a lock another held "
+                  "stays locked). If jobs hang, use local_parallel", file=sys.stderr, flush=True)
     server.send(ready=True)
     job = server.loop()
     if job is None:  # the server is done: skip the slow finalization of torch & co
