@@ -1,0 +1,248 @@
+"""``local_forkserver``: ``local_parallel`` without the interpreter start-up of every job.
+
+A training process spends ~11 s importing torch, DomainBed and this package before its first
+step; a small network trains in a few seconds. This launcher starts one server process
+(:mod:`.forkserver_server`) that imports all of that once, without touching CUDA, and forks
+one child per ``python -m domainbed.scripts.train ...`` command, at most
+``LPA_DOMAINBED_JOBS`` at a time. Each child runs the train script as ``__main__`` with the
+command's arguments, in a session of its own, logging to the job's ``launcher.log``.
+
+Everything a user sees is ``local_parallel``'s: the same log location, environment
+(``OMP_NUM_THREADS=1`` ...), progress lines, failure report, return value (the failed
+commands), and Ctrl-C / SIGTERM (every job's group stopped, one line, exit status 130).
+A command that is not a train command of this environment's interpreter (another
+interpreter, shell syntax) runs as a normal subprocess, as ``local_parallel`` runs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import select
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from lpa_domainbed.tools.launchers.forkserver_server import TRAIN_MODULE
+from lpa_domainbed.tools.launchers.local_parallel import _child_env, _log_path
+from lpa_domainbed.tools.launchers.processes import ignoring_ctrl_c, interrupted, start_job, stop_jobs
+from lpa_domainbed.tools.launchers.settings import (job_output_dir, num_parallel_jobs,
+                                                    remove_empty_job_dirs, settings_or_cleanup)
+from lpa_domainbed.tools.runinfo import env_with_python
+
+__all__ = ["ForkServer", "local_forkserver_launcher", "train_arguments"]
+
+_POLL_SECONDS = 0.2
+_PREFIX = "[local_forkserver]"
+# Outside single quotes, a command DomainBed builds holds only shlex.quote's safe characters.
+_SINGLE_QUOTED = re.compile(r"'[^']*'")
+_SHELL_SYNTAX = re.compile(r"[^\w@%+=:,./\- ']")
+
+
+def train_arguments(command: str, env: dict) -> list[str] | None:
+    """The train script's arguments when ``command`` is ``<python> -m domainbed.scripts.train
+    ARGS`` with no shell syntax and ``<python>`` (looked up on the jobs' PATH) is this
+    environment's interpreter (``start_job`` puts its directory first on PATH); else None."""
+    if _SHELL_SYNTAX.search(_SINGLE_QUOTED.sub("", command)):
+        return None
+    tokens = shlex.split(command)
+    if len(tokens) < 3 or tokens[1:3] != ["-m", TRAIN_MODULE]:
+        return None
+    found = tokens[0] if os.sep in tokens[0] else shutil.which(
+        tokens[0], path=env_with_python(sys.executable, env)["PATH"])
+    if not found or not os.path.basename(found).startswith("python") or \
+            os.path.dirname(os.path.abspath(found)) != os.path.dirname(sys.executable):
+        return None
+    return tokens[3:]
+
+
+class ForkServer:
+    """The launcher's end of the server: start it, submit jobs, collect their exits."""
+
+    def __init__(self, env: dict):
+        requests_read, self._requests = os.pipe()
+        self._events, events_write = os.pipe()
+        code = ("from lpa_domainbed.tools.launchers.forkserver_server import serve, run_job\n"
+                f"run_job(serve({requests_read}, {events_write}))\n")
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", code], env=env_with_python(sys.executable, env),
+            stdin=subprocess.DEVNULL, start_new_session=True,
+            pass_fds=(requests_read, events_write))
+        os.close(requests_read)
+        os.close(events_write)
+        self.exits: dict[int, int] = {}
+        self.pids: dict[int, int] = {}
+        self._buffer = b""
+        self.ended = False
+
+    def pump(self, timeout: float = 0.0) -> None:
+        """Read the events that arrive within ``timeout`` seconds."""
+        if self.ended or not select.select([self._events], [], [], timeout)[0]:
+            return
+        data = os.read(self._events, 65536)
+        if not data:
+            self.ended = True
+            return
+        *lines, self._buffer = (self._buffer + data).split(b"\n")
+        for event in map(json.loads, filter(None, lines)):
+            if "pid" in event:
+                self.pids[event["job"]] = event["pid"]
+            elif "exit" in event:
+                self.exits[event["job"]] = event["exit"]
+
+    def submit(self, index: int, argv: list[str], log: str) -> "ForkedJob":
+        """Fork the job; waits for its pid (the first waits for the server's imports)."""
+        request = json.dumps({"job": index, "argv": argv, "log": log}) + "\n"
+        try:
+            os.write(self._requests, request.encode())
+        except BrokenPipeError:
+            self.ended = True
+        while index not in self.pids and not self.ended:
+            self.pump(1.0)
+        if self.ended:
+            raise RuntimeError(f"the {_PREFIX[1:-1]} server ended (exit {self.process.wait()}) "
+                               f"before starting job {index}: its message is above; "
+                               f"--command_launcher local_parallel runs without it")
+        return ForkedJob(self, index, self.pids[index])
+
+    def close(self, stop: bool = False) -> None:
+        """End the server (it stops any child still running; ``stop``: now, even during its
+        imports) and wait for it."""
+        with contextlib.suppress(OSError):
+            os.close(self._requests)
+        if stop:
+            self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            stop_jobs([self.process], grace=0)
+        os.close(self._events)
+
+
+class ForkedJob:
+    """A forked job as far as the launcher and :func:`.processes.stop_jobs` use a Popen."""
+
+    def __init__(self, server: ForkServer, index: int, pid: int):
+        self.server, self.index, self.pid = server, index, pid
+
+    @property
+    def returncode(self) -> int | None:
+        if self.index not in self.server.exits and self.server.ended:
+            return -signal.SIGKILL  # the server died and took the job with it
+        return self.server.exits.get(self.index)
+
+    def poll(self) -> int | None:
+        self.server.pump()
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            left = 1.0 if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise subprocess.TimeoutExpired(f"job {self.index}", timeout)
+            self.server.pump(min(left, 1.0))
+        return self.returncode
+
+
+def _raise_ctrl_c(signum, _frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c():
+    """SIGTERM (``kill``, a scheduler) stops the launch as Ctrl-C does (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_ctrl_c)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def local_forkserver_launcher(commands: list[str], max_jobs: int | None = None) -> list[str]:
+    """Run ``commands`` with at most ``max_jobs`` (default: ``LPA_DOMAINBED_JOBS``) at once,
+    train commands forked from one server. Returns the commands that failed (non-zero exit);
+    a failed job does not stop the others. Ctrl-C or SIGTERM stops the running jobs and
+    raises SystemExit(130)."""
+    commands = list(commands)
+    max_jobs = max_jobs or settings_or_cleanup(commands, "local_parallel", num_parallel_jobs)
+    env = _child_env()
+    plans = [train_arguments(command, env) for command in commands]
+    others = sum(argv is None for argv in plans)
+    if others:
+        print(f"{_PREFIX} {others} of {len(commands)} commands are not '<python> -m "
+              f"{TRAIN_MODULE} ...' of this environment: they run as subprocesses",
+              file=sys.stderr, flush=True)
+    total, fallback_dir, server = len(commands), None, None
+    pending, running, failed = list(enumerate(commands)), {}, []
+    done, start, last_report = 0, time.time(), (-1, -1, 0.0)
+
+    def report():
+        """One line whenever a job finishes, and at least every 30 s."""
+        nonlocal last_report
+        finished, now = done + len(failed), time.time()
+        if (finished, len(failed)) != last_report[:2] or now - last_report[2] > 30:
+            print(f"{_PREFIX} {finished}/{total} finished ({len(failed)} failed), "
+                  f"{len(running)} running, {len(pending)} waiting, {now - start:.0f}s",
+                  flush=True)
+            last_report = (finished, len(failed), now)
+
+    try:
+        with _sigterm_as_ctrl_c():
+            while pending or running:
+                for proc in [p for p in running if p.poll() is not None]:
+                    index, command, log, handle = running.pop(proc)
+                    if handle:
+                        handle.close()
+                    if proc.returncode == 0:
+                        done += 1
+                    else:
+                        failed.append((command, log, proc.returncode))
+                        print(f"{_PREFIX} job {index} failed (exit {proc.returncode}); log: "
+                              f"{log}", file=sys.stderr, flush=True)
+                while pending and len(running) < max_jobs:
+                    index, command = pending[0]
+                    if fallback_dir is None and job_output_dir(command) is None:
+                        fallback_dir = tempfile.mkdtemp(prefix="lpa_domainbed_logs_")
+                    log = _log_path(command, fallback_dir, index)
+                    if plans[index] is None:
+                        handle = open(log, "w")
+                        proc = start_job(command, stdout=handle, stderr=subprocess.STDOUT,
+                                         env=env)
+                    else:
+                        server = server or ForkServer(env)
+                        handle, proc = None, server.submit(index, plans[index], log)
+                    pending.pop(0)
+                    running[proc] = (index, command, log, handle)
+                report()
+                time.sleep(_POLL_SECONDS)
+    except KeyboardInterrupt:
+        with ignoring_ctrl_c():
+            stop_jobs(list(running))
+            for _, _, _, handle in running.values():
+                if handle:
+                    handle.close()
+            if server:
+                server.close(stop=True)
+        raise interrupted(_PREFIX, len(running), done + len(failed)) from None
+    except RuntimeError:  # the server could not start: leave the unstarted jobs unlaunched
+        stop_jobs(list(running))
+        remove_empty_job_dirs([command for _, command in pending])
+        raise
+    if server:
+        server.close()
+    if failed:
+        print(f"{_PREFIX} {len(failed)} of {total} jobs failed:", file=sys.stderr)
+        for command, log, code in failed:
+            print(f"  exit {code}: log {log}", file=sys.stderr)
+    return [command for command, _, _ in failed]

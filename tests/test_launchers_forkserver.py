@@ -1,0 +1,114 @@
+"""``local_forkserver`` behaves as ``local_parallel`` towards its user: the shared behaviour of
+test_launchers.py, for both launchers (commands that are not train commands take
+``local_forkserver``'s subprocess path here; test_launchers_forkserver_train.py forks real
+training jobs), and which commands it forks.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+
+import pytest
+
+from conftest import requires_domainbed
+from launcher_helpers import (BARE_PATH, assert_all_gone, interrupt_once_pids_exist,
+                              python_and_env_probe, sleeper_command, writer_command)
+from lpa_domainbed.tools.launchers import LAUNCHERS, forkserver
+from lpa_domainbed.tools.launchers.forkserver import local_forkserver_launcher, train_arguments
+from lpa_domainbed.tools.launchers.local_parallel import local_parallel_launcher
+
+LAUNCHER_FUNCTIONS = {"local_parallel": local_parallel_launcher,
+                      "local_forkserver": local_forkserver_launcher}
+both_launchers = pytest.mark.parametrize("name", list(LAUNCHER_FUNCTIONS))
+
+
+def test_local_forkserver_is_registered():
+    assert LAUNCHERS["local_forkserver"] is local_forkserver_launcher
+
+
+@both_launchers
+def test_every_job_runs_and_the_failed_one_is_reported(name, tmp_path, capsys):
+    outputs = [tmp_path / f"out{i}.txt" for i in range(3)]
+    job_dirs = [tmp_path / f"job{i}" for i in range(4)]
+    failing = f'{sys.executable} -c "import sys; sys.exit(3)" --output_dir {job_dirs[3]}'
+    commands = [writer_command(out, job_dir) for out, job_dir in zip(outputs, job_dirs)]
+    commands.insert(1, failing)
+
+    failed = LAUNCHER_FUNCTIONS[name](commands, max_jobs=2)
+
+    assert failed == [failing]
+    assert all(out.read_text() == "ok" for out in outputs)
+    assert all((job_dir / "launcher.log").is_file() for job_dir in job_dirs)
+    captured = capsys.readouterr()
+    assert f"[{name}] 4/4 finished (1 failed), 0 running, 0 waiting" in captured.out
+    assert f"[{name}] job 1 failed (exit 3); log: {job_dirs[3] / 'launcher.log'}" in captured.err
+    assert "1 of 4 jobs failed" in captured.err
+    assert f"exit 3: log {job_dirs[3] / 'launcher.log'}" in captured.err
+    said_once = captured.err.count("they run as subprocesses")
+    assert said_once == (name == "local_forkserver")
+
+
+@both_launchers
+def test_ctrl_c_prints_one_line_and_leaves_no_orphan(name, tmp_path, monkeypatch, capsys):
+    found: list[int] = []
+    monkeypatch.setattr(time, "sleep", interrupt_once_pids_exist(tmp_path, 4, found))
+    commands = [sleeper_command(tmp_path, i) for i in range(2)]
+
+    with pytest.raises(SystemExit) as stop:
+        LAUNCHER_FUNCTIONS[name](commands, max_jobs=2)
+
+    monkeypatch.undo()
+    assert stop.value.code == 130
+    assert len(found) == 4
+    assert_all_gone(found)
+    err = [line for line in capsys.readouterr().err.splitlines() if "subprocesses" not in line]
+    assert err == [f"[{name}] interrupted: stopped 2 unfinished jobs, 0 finished jobs are "
+                   "kept; the stopped ones are incomplete (see 'Resume' in docs/launchers.md)"]
+
+
+@both_launchers
+def test_jobs_get_the_sweeps_environment_and_interpreter(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", BARE_PATH)  # the sweep's environment is not activated
+    monkeypatch.setenv("LPA_DOMAINBED_PLUGINS", str(tmp_path / "my_plugins.py"))
+    out = tmp_path / "probe.txt"
+
+    assert LAUNCHER_FUNCTIONS[name]([python_and_env_probe(out)], max_jobs=1) == []
+
+    assert out.read_text().splitlines() == [sys.executable, str(tmp_path / "my_plugins.py")]
+
+
+@both_launchers
+@pytest.mark.parametrize("value", ["0", "-2", "many"])
+def test_a_bad_job_count_is_refused_before_any_job(name, monkeypatch, value, tmp_path):
+    monkeypatch.setenv("LPA_DOMAINBED_JOBS", value)
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()  # made by DomainBed's Job.launch before the launcher runs
+    with pytest.raises(ValueError, match="LPA_DOMAINBED_JOBS=.*set it to a positive integer"):
+        LAUNCHER_FUNCTIONS[name]([f"true --output_dir {job_dir}"])
+    assert not job_dir.exists()
+
+
+@requires_domainbed
+def test_domainbeds_train_commands_are_forked_and_others_are_not(tmp_path, monkeypatch):
+    from domainbed.scripts.sweep import Job
+
+    monkeypatch.setenv("PATH", BARE_PATH)  # bare ``python`` means the sweep's interpreter
+    train_args = {"dataset": "RotatedDigits", "algorithm": "LPA", "test_envs": [0, 1],
+                  "hparams": json.dumps({"lpa_eps": 0.5, "note": "a b;c $x"}),
+                  "data_dir": str(tmp_path / "my data"), "seed": 3, "steps": 5}
+    command = Job(train_args, str(tmp_path / "sweep")).command_str
+    env = forkserver._child_env()
+
+    argv = train_arguments(command, env)
+
+    assert argv == shlex.split(command)[3:]
+    assert argv[argv.index("--hparams") + 1] == train_args["hparams"]
+    assert train_arguments(command.replace("python", sys.executable, 1), env) == argv
+    tail = command.split(" ", 1)[1]
+    for other in ["/usr/bin/python3 " + tail, "python -m domainbed.scripts.sweep launch",
+                  command + "; touch x", command + " > log", command + " $HOME",
+                  command + ' "--x"', "echo " + tail, "python -c 1"]:
+        assert train_arguments(other, env) is None, other
