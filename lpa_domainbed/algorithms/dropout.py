@@ -81,7 +81,7 @@ class Dropout(ActivationPerturbation):
         require(h, "dropout_kind", h["dropout_kind"] in KINDS, f"one of {KINDS}")
         require(h, "dropout_block_size", int(h["dropout_block_size"]) >= 1, "an integer >= 1")
 
-    def perturb(self, a, y, ctx):
+    def perturb(self, a, y, step, tail):
         h = self.hparams
         return a * dropout_mask(a, h["dropout_p"], h["dropout_kind"],
                                 int(h["dropout_block_size"])).to(a.dtype)

@@ -44,7 +44,7 @@ class DSU(ActivationPerturbation):
         require(h, "dsu_p", 0 <= h["dsu_p"] <= 1, "a probability in [0, 1]")
         require(h, "dsu_factor", h["dsu_factor"] >= 0, "a factor >= 0")
 
-    def perturb(self, a, y, ctx):
+    def perturb(self, a, y, step, tail):
         if float(torch.rand(())) >= self.hparams["dsu_p"]:
             return a
         factor = self.hparams["dsu_factor"]

@@ -34,8 +34,8 @@ class LPADropout(LPA):
         super().check_hparams()
         Dropout.check_hparams(self)  # the dropout_* checks, on this algorithm's hparams
 
-    def perturb(self, a, y, ctx):
-        a_lpa = super().perturb(a, y, ctx)
+    def perturb(self, a, y, step, tail):
+        a_lpa = super().perturb(a, y, step, tail)
         h = self.hparams
         mask = dropout_mask(a_lpa, h["dropout_p"], h["dropout_kind"],
                             int(h["dropout_block_size"]))
