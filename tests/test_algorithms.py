@@ -55,7 +55,6 @@ def snapshot(alg):
         "grads": {k: None if v.grad is None else v.grad.clone()
                   for k, v in alg.named_parameters()},
         "optimizer": copy.deepcopy(alg.optimizer.state_dict()),
-        "amortized": {k: v.clone() for k, v in getattr(alg, "_amortized", {}).items()},
         "steps": alg.steps_done,
     }
 
@@ -217,7 +216,7 @@ def test_a_perturbation_that_returns_inf_stops_the_first_update():
     from domainbed.hparams_registry import default_hparams
 
     class Infinite(ActivationPerturbation):
-        def perturb(self, a, y, ctx):
+        def perturb(self, a, y, step, tail):
             return a + float("inf")
 
     alg = Infinite((64,), 4, 2, default_hparams("ERM", "RotatedDigits")).to(TEST_DEVICE)

@@ -47,7 +47,27 @@ ROWS = [
     ("LPA", "0.2", [], 1, "train: --hparams '0.2' is a JSON number, not an object"),
     # a name of the user's own, and an int where a float is expected, train normally
     ("LPA", {"user_note": "mine", "lpa_eps": 1}, [], 0, "user_note: mine"),
+    # a huge radius perturbs as asked (the l2 norm no longer overflows to a zero perturbation)
+    ("LPA", {"lpa_eps": 1e25}, [], 0, "e+24"),
+    ("ADA", {"ada_eps": 3e24}, [], 0, "e+24"),
+    # a plugin's perturb that returns the wrong thing (PLUGIN below)
+    ("ReturnsNone", None, [], 1, "ReturnsNone.perturb returned 'NoneType' at"),
+    ("ReturnsFloat", None, [], 1, "ReturnsFloat.perturb returned 'float' at"),
+    ("ReturnsDouble", None, [], 1, "ReturnsDouble.perturb returned a torch.float64 tensor"),
+    ("ReturnsDetached", None, [], 0,
+     "ReturnsDetached.perturb returned an activation without graph"),
 ]
+
+PLUGIN = """
+from lpa_domainbed.algorithms import ALGORITHMS
+from lpa_domainbed.algorithms.base import ActivationPerturbation
+
+RESULTS = {"ReturnsNone": lambda a: None, "ReturnsFloat": lambda a: 1.0,
+           "ReturnsDouble": lambda a: a.double(), "ReturnsDetached": lambda a: a.detach()}
+for name, result in RESULTS.items():
+    ALGORITHMS.add(name, type(name, (ActivationPerturbation,), {
+        "perturb": lambda self, a, y, step, tail, result=result: result(a)}))
+"""
 
 DRIVER = """
 import json, os, runpy, sys, traceback
@@ -57,7 +77,8 @@ for argv, out_dir in json.loads(sys.argv[1]):
     sys.argv = ["train"] + argv
     try:
         runpy.run_module("domainbed.scripts.train", run_name="__main__", alter_sys=True)
-        rc, message = 0, open(os.path.join(out_dir, "out.txt")).read()
+        rc, message = 0, "".join(open(os.path.join(out_dir, name)).read()
+                                 for name in ("out.txt", "err.txt", "results.jsonl"))
     except SystemExit as e:  # a str code: Python prints it and exits with status 1
         rc, message = (1, e.code) if isinstance(e.code, str) else (e.code, "")
     except Exception:
@@ -83,7 +104,9 @@ def train_args(tmp_path, i, algorithm, hparams, extra):
 def test_every_row_exits_as_expected_naming_the_problem(tmp_path):
     jobs = [(train_args(tmp_path, i, *row[:3]), str(tmp_path / f"run{i}"))
             for i, row in enumerate(ROWS)]
-    out = run_python(["-c", DRIVER, json.dumps(jobs)], cwd=tmp_path)
+    (tmp_path / "bad_plugins.py").write_text(PLUGIN)
+    out = run_python(["-c", DRIVER, json.dumps(jobs)], cwd=tmp_path,
+                     env={"LPA_DOMAINBED_PLUGINS": str(tmp_path / "bad_plugins.py")})
     assert out.returncode == 0 and "RESULTS" in out.stdout, out.stderr[-3000:]
     results = json.loads(out.stdout.split("RESULTS")[-1])
     for row, result in zip(ROWS, results):

@@ -44,9 +44,9 @@ def test_mlp_layers_are_cut_after_the_relu(name, index):
     delta = torch.randn_like(a)
     seen = {}
 
-    def on_cut(cut, act, fw):
+    def on_cut(cut, act, tail):
         seen["a"] = act.detach().clone()
-        seen["tail"] = fw.tail(act.detach() + delta, cut).detach()
+        seen["tail"] = tail(act.detach() + delta).detach()
         return act + delta
 
     logits = alg._cut_forward.run(x, on_cut)
@@ -88,11 +88,12 @@ def test_manifold_mixup_can_mix_the_raw_input(dataset):
     alg = make("ManifoldMixup", dataset, perturb_layer="network_input")
     x, y = batches(dataset, per_domain=6)[0]
     with torch.no_grad():
-        logits, ctx = alg._perturbed_pass(x, y, torch.zeros_like(y), training=False)
-        lam, perm = ctx.scratch["mixup"]
+        step = alg._step(y, torch.zeros_like(y), training=False)
+        logits, record = alg._perturbed_pass(x, step, alg.active_cuts(False))
+        lam, perm = alg.mix.lam, alg.mix.partners
         mixed = (1 - lam) * x + lam * x[perm]
-        assert torch.equal(ctx.clean["network_input"], x)
-        assert torch.allclose(ctx.perturbed["network_input"], mixed, atol=1e-6)
+        assert torch.equal(record.clean["network_input"], x)
+        assert torch.allclose(record.perturbed["network_input"], mixed, atol=1e-6)
         assert torch.allclose(logits, alg.network(mixed), atol=1e-5)
     alg.train()
     alg.update(batches(dataset))

@@ -52,7 +52,7 @@ def test_every_sample_of_a_class_gets_the_same_delta_within_the_bound():
 def test_positive_classes_raise_and_negative_classes_lower_their_loss():
     alg = make("LPA", lpa_split="mean_accuracy", lpa_eps=0.3)
     alg.class_accuracy.copy_(torch.tensor([0.2, 0.9, 0.3, 0.95]))  # 0, 2 below the mean
-    assert alg.positive_classes().tolist() == [True, False, True, False]
+    assert alg.statistics.positive().tolist() == [True, False, True, False]
     x, y = batches(per_domain=16)[0]
     r = alg.probe(x, y)
     rise = r.perturbed_loss - r.clean_loss
@@ -64,10 +64,10 @@ def test_varied_bound_follows_eq14_and_frequency_split_marks_rare_classes():
                lpa_beta=0.5)
     alg.class_accuracy.copy_(torch.tensor([0.0, 0.5, 1.0, 0.25]))
     expected = 0.5 ** 2 * (0.1 + 0.2 * torch.tensor([0.5, 0.0, 0.5, 0.25]))
-    assert torch.allclose(alg.class_bounds(depth=2), expected)
+    assert torch.allclose(alg.statistics.bounds(depth=2), expected)
     rare = make("LPA", lpa_split="frequency")
     rare.class_frequency.copy_(torch.tensor([0.5, 0.3, 0.15, 0.05]))
-    assert rare.positive_classes().tolist() == [False, False, True, True]
+    assert rare.statistics.positive().tolist() == [False, False, True, True]
 
 
 def test_running_class_statistics_are_updated_by_update_only():
@@ -136,10 +136,11 @@ def test_amortized_mode_makes_no_extra_tail_evaluations_and_keeps_delta_bounded(
     from lpa_domainbed.perturb.tail import CutForward
 
     alg = make("LPA", lpa_mode="amortized", lpa_eps=0.3)
-    monkeypatch.setattr(CutForward, "tail", lambda *a, **k: pytest.fail("tail evaluated"))
+    monkeypatch.setattr(CutForward, "_evaluate", lambda *a, **k: pytest.fail("tail evaluated"))
     for seed in range(3):
         out = alg.update(batches(seed=seed))
-    stored = alg._amortized["featurizer.hiddens.0"]
+    assert alg.cuts[0].name == "featurizer.hiddens.0"
+    stored = alg.class_deltas.cut0
     assert stored.abs().sum() > 0 and 0 < out["rel_perturbation"] <= 0.7 ** 2 * 0.3 * 1.5
 
 
@@ -149,7 +150,7 @@ def test_adaptive_selection_picks_the_layer_with_the_largest_loss_change():
     alg.update(batches())
     scores = alg.layer_scores
     assert set(scores) == {"featurizer.input", "features"}
-    assert alg._selected.name == max(scores, key=scores.get)
+    assert alg.active_cuts(True)[0].name == max(scores, key=scores.get)
 
 
 def test_multi_layer_perturbs_each_layer_with_its_own_bound():
@@ -202,13 +203,13 @@ def test_manifold_mixup_lambda_follows_beta_and_mixes_labels():
     x, y = batches()[0]
     np.random.seed(0)
     lams = []
-    for _ in range(2000):
-        from lpa_domainbed.algorithms.base import PerturbContext
+    from lpa_domainbed.algorithms.base import Step
 
-        ctx = PerturbContext(y=y, domains=y, step=0, training=False, forward=None)
+    step = Step(y=y, domains=y, number=0, training=False, counts=torch.ones(4))
+    for _ in range(2000):
         a = torch.randn(len(y), 3)
-        a_tilde = alg.perturb(a, y, ctx)
-        lam, perm = ctx.scratch["mixup"]
+        a_tilde = alg.perturb(a, y, step, None)
+        lam, perm = alg.mix.lam, alg.mix.partners
         assert torch.allclose(a_tilde, (1 - lam) * a + lam * a[perm], atol=1e-6)
         lams.append(lam)
     lams = np.array(lams)

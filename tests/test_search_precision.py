@@ -69,10 +69,10 @@ def test_constant_batchnorm_statistics_under_bfloat16_autocast(offline_resnet):
     x, _ = batches("Debug224", per_domain=2)[0]
     stats, out = {}, []
 
-    def on_cut(cut, a, forward):
+    def on_cut(cut, a, tail):
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            out.append(forward.tail(a.detach(), cut, bn_stats=stats))
-            out.append(forward.tail(a.detach() + 0.1, cut, bn_stats=stats))
+            out.append(tail(a.detach(), bn_stats=stats))
+            out.append(tail(a.detach() + 0.1, bn_stats=stats))
         return None
 
     alg._cut_forward.run(x, on_cut)

@@ -12,6 +12,8 @@ only its backward.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
@@ -21,6 +23,16 @@ from lpa_domainbed.algorithms.base import ActivationPerturbation, flat_norms
 from lpa_domainbed.perturb import pgd
 
 __all__ = ["ADA"]
+
+
+@dataclasses.dataclass
+class ADAPass:
+    """One pass of ADA: per searched layer, the clean per-sample losses *with* graph that the
+    loss trains on (``ada_clean_weight > 0``), and the first layer's mean clean loss without
+    graph that ``update()`` reports."""
+
+    trained_clean_losses: list = dataclasses.field(default_factory=list)
+    first_clean_loss: torch.Tensor | None = None
 
 
 @ALGORITHMS.register("ADA")
@@ -47,22 +59,30 @@ class ADA(ActivationPerturbation):
         """``T`` (ada_steps): the PGD search evaluates the tail T times per update."""
         return int(self.hparams["ada_steps"])
 
-    def perturb(self, a, y, ctx):
-        groups = torch.arange(len(a), device=a.device)
+    def before_pass(self, step):
+        self._pass = ADAPass()
+
+    def perturb(self, a, y, step, tail):
         radius = self.hparams["ada_eps"] * flat_norms(a)
-        keep_clean = self.hparams["ada_clean_weight"] > 0 and ctx.training
+        keep_clean = self.hparams["ada_clean_weight"] > 0 and step.training
         delta, clean = pgd.l2_pgd(
-            lambda z: ctx.tail(z, detach_head=not keep_clean) if z is a else ctx.tail(z),
-            a, y, groups, radius, torch.ones_like(radius), int(self.hparams["ada_steps"]),
+            lambda z: tail(z, detach_head=not keep_clean) if z is a else tail(z),
+            a, y, None, radius, torch.ones_like(radius), int(self.hparams["ada_steps"]),
             clean_graph=keep_clean, precision=self.hparams["ada_search_precision"])
         if keep_clean:
-            ctx.scratch.setdefault("clean_losses", []).append(clean)
-        ctx.clean_losses[ctx.cut.name] = clean.detach()
+            self._pass.trained_clean_losses.append(clean)
+        if self._pass.first_clean_loss is None:
+            self._pass.first_clean_loss = clean.detach().float().mean()
         return a + delta.to(a.dtype)
 
-    def loss(self, logits, y, ctx):
+    def diagnostics(self):
+        if self._pass.first_clean_loss is None:
+            return {}
+        return {"clean_loss": self._pass.first_clean_loss}
+
+    def loss(self, logits, y, step):
         perturbed = F.cross_entropy(logits, y)
-        clean = ctx.scratch.get("clean_losses")
+        clean = self._pass.trained_clean_losses
         if not clean:
             return perturbed
         w = self.hparams["ada_clean_weight"]

@@ -1,4 +1,4 @@
-"""What an activation perturbation sees during a pass, and what ``probe()`` reports.
+"""What a perturbation knows about its pass (:class:`Step`), and what ``probe()`` reports.
 
 Shapes: ``B`` is the training batch (all training domains concatenated), ``C`` the number of
 classes; ``{layer: ...}`` dicts are keyed by the cut's canonical name, in the order the cuts
@@ -11,60 +11,50 @@ import dataclasses
 
 import torch
 
-from lpa_domainbed.perturb.layers import Cut
-from lpa_domainbed.perturb.tail import CutForward
+__all__ = ["ProbeResult", "Step"]
 
-__all__ = ["PerturbContext", "ProbeResult"]
+# What the old context carried, and where it went (named by Step's AttributeError).
+_MOVED = {
+    "tail": "perturb's fourth argument: tail(z) evaluates the layers after the cut",
+    "cut": "tail.cut (perturb's fourth argument)",
+    "step": "step.number",
+    "scratch": "your algorithm's own attributes (a small dataclass set in perturb)",
+    "clean_losses": "your algorithm's own attributes; report them with diagnostics()",
+    "clean_logits": "your algorithm's own attributes",
+    "forward": "tail (perturb's fourth argument)",
+}
 
 
-@dataclasses.dataclass
-class PerturbContext:
-    """What :meth:`ActivationPerturbation.perturb` knows besides the activation.
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """An immutable record of one pass, computed once: what :meth:`perturb`, :meth:`loss` and
+    :meth:`after_optimizer_step` know besides the activation.
 
     Attributes:
         y: labels ``[B]``.
         domains: training-domain index of each sample ``[B]``.
-        step: number of updates done so far.
+        number: updates done before this one.
         training: True inside ``update()``; False inside ``probe()``, where an algorithm must
             not change its own state (running statistics, stored perturbations).
-        forward: the :class:`~lpa_domainbed.perturb.tail.CutForward` running this pass;
-            :meth:`tail` evaluates the rest of the network through it.
-        cut: the layer being perturbed (``name``, ``depth`` = L - l); set only while
-            ``perturb`` runs, None otherwise.
-        scratch: per-pass storage shared by ``perturb``, ``loss`` and ``after_backward``
-            (empty at the start of every pass).
-        clean, perturbed: ``{layer: activation}`` before/after perturbation, kept in
-            ``probe()`` only (in ``update()`` holding them would keep two activations alive
-            through the whole backward pass).
-        rel: ``{layer: [B]}`` per-sample ``|a~ - a| / |a|``, computed when the layer fires.
-        clean_losses: ``{layer: [B]}`` per-sample clean losses (no graph) at each layer where a
-            search evaluated the unperturbed activation (PGD's first step evaluates ``a``);
-            ``update()``'s ``clean_loss`` diagnostic is the mean of the first layer's.
-        clean_logits: clean logits ``[B, C]`` (no graph) where an algorithm computed them
-            (LPA: the first tail evaluation, before any later cut is perturbed).
-        logits: the perturbed training logits (set by ``update()`` after the pass).
+        counts: samples per class ``[C]`` (float32, on ``y``'s device); ``present`` is
+            ``counts > 0``. Computed once per pass, without a host-device sync.
     """
 
     y: torch.Tensor
     domains: torch.Tensor
-    step: int
+    number: int
     training: bool
-    forward: CutForward
-    cut: Cut | None = None
-    scratch: dict = dataclasses.field(default_factory=dict)
-    clean: dict = dataclasses.field(default_factory=dict)
-    perturbed: dict = dataclasses.field(default_factory=dict)
-    rel: dict = dataclasses.field(default_factory=dict)
-    clean_losses: dict = dataclasses.field(default_factory=dict)
-    clean_logits: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
+    counts: torch.Tensor
 
-    def tail(self, z: torch.Tensor, detach_head: bool = True,
-             bn_stats: dict | None = None) -> torch.Tensor:
-        """Logits ``f_{l+1:L}(z)`` for activation ``z`` at the current cut; see
-        :meth:`lpa_domainbed.perturb.tail.CutForward.tail` (``bn_stats`` included).
-        State-free, no parameter grads."""
-        return self.forward.tail(z, self.cut, detach_head, bn_stats)
+    @property
+    def present(self) -> torch.Tensor:
+        return self.counts > 0
+
+    def __getattr__(self, name):
+        if name in _MOVED:
+            raise AttributeError(f"Step has no {name!r} (perturb(a, y, ctx) became "
+                                 f"perturb(a, y, step, tail)): use {_MOVED[name]}")
+        raise AttributeError(name)
 
 
 @dataclasses.dataclass

@@ -19,23 +19,28 @@ class in ``P_a`` (domain generalization, default); ``mean_accuracy`` and ``frequ
 classes with ``s_c <= mean(s)`` there (below-mean accuracy / rarer than average).
 
 Modes: ``exact`` (default) runs the PGD search each update (``T`` extra evaluations of the
-layers after ``l``, nothing before ``l`` recomputed). ``amortized`` (our extension) keeps
-``delta_c`` across updates and takes one PGD step per update from the activation gradient the
-training backward computes anyway, so it costs almost nothing.
+layers after ``l``, nothing before ``l`` recomputed). ``amortized`` (our extension,
+:mod:`~lpa_domainbed.algorithms.lpa_amortized`) keeps ``delta_c`` across updates and takes
+one PGD step per update from the activation gradient the training backward computes anyway.
+
+The parts (:mod:`~lpa_domainbed.algorithms.lpa_parts`): ``s_c``, the split and the bound;
+the search (:meth:`LPA.perturb`, with :func:`~lpa_domainbed.perturb.pgd.l2_pgd`); adaptive
+layer selection (:meth:`LPA.select_layer`).
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 
 import torch
 
 from lpa_domainbed import hparams as hp
 from lpa_domainbed.algorithms import ALGORITHMS
 from lpa_domainbed.algorithms.base import ActivationPerturbation, flat_norms
+from lpa_domainbed.algorithms.lpa_parts import ClassStatistics, LayerChoice
 from lpa_domainbed.perturb import pgd
 
-__all__ = ["LPA", "LPL", "LPA_LPL", "LPA_Amortized"]
+__all__ = ["LPA", "LPL", "LPA_LPL"]
 
 SPLITS = ("all_positive", "mean_accuracy", "frequency")
 BOUNDS = ("fixed", "varied")
@@ -45,9 +50,15 @@ LAYER_SELECTION = ("fixed", "adaptive")
 BN_STATS = ("batch", "clean")
 
 
-def _keep_group_mean(store: dict, groups, num_groups: int, grad: torch.Tensor) -> None:
-    """Tensor hook: the per-class mean of the gradient w.r.t. a~ (eq. 10's g_c)."""
-    store["mean"] = pgd.group_mean(grad, groups, num_groups)
+@dataclasses.dataclass
+class LPAPass:
+    """What one pass of LPA keeps until the optimizer step: the clean logits of the first tail
+    evaluation (for ``s_c``; computed before any later cut is perturbed) and the first searched
+    layer's per-sample clean losses (``update()``'s ``clean_loss``)."""
+
+    clean_logits: torch.Tensor | None = None
+    clean_losses: torch.Tensor | None = None
+    amortized: list = dataclasses.field(default_factory=list)  # LPA_Amortized's pending steps
 
 
 @ALGORITHMS.register("LPA")
@@ -83,156 +94,108 @@ class LPA(ActivationPerturbation):
                       "(autocast)", choices=pgd.PRECISIONS),
         ]
 
+    def __new__(cls, input_shape=None, num_classes=None, num_domains=None, hparams=None):
+        # lpa_mode = amortized on an exact class builds its amortized variant (the same
+        # subclass LPA_Amortized is), so each computation has one implementation.
+        if (hparams or {}).get("lpa_mode") == "amortized" and not cls.amortized:
+            from lpa_domainbed.algorithms.lpa_amortized import amortized_variant
+
+            cls = amortized_variant(cls)
+        return super().__new__(cls)
+
+    #: whether this class is amortized LPA (set by its subclass)
+    amortized = False
+
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
-        # s_c: running class accuracy and running class frequency (saved with the model).
-        self.register_buffer("class_accuracy", torch.full((num_classes,), 1.0 / num_classes))
-        self.register_buffer("class_frequency", torch.full((num_classes,), 1.0 / num_classes))
-        self._amortized: dict[str, torch.Tensor] = {}  # cut name -> delta [C, ...]
-        self._selected = self.cuts[0]
+        if (self.hparams["lpa_mode"] == "amortized") != self.amortized:
+            raise ValueError(f"hparam lpa_mode={self.hparams['lpa_mode']!r} is invalid for "
+                             f"{type(self).__name__}: use the algorithm LPA for exact LPA")
+        self.statistics = ClassStatistics(num_classes, self.hparams)
+        self.layer_choice = LayerChoice()
+        self._pass = LPAPass()
 
-    # -- eqs. 14, 15 and the category split -----------------------------------------------
-    def split_statistic(self) -> torch.Tensor:
-        if self.hparams["lpa_split"] == "frequency":
-            return self.class_frequency / self.class_frequency.max().clamp_min(1e-12)
-        return self.class_accuracy
+    @property
+    def class_accuracy(self) -> torch.Tensor:
+        return self.statistics.class_accuracy
 
-    def positive_classes(self) -> torch.Tensor:
-        """Boolean ``[C]``: the positive-augmentation set ``P_a`` (paper 3.6)."""
-        if self.hparams["lpa_split"] == "all_positive":
-            return torch.ones(self.num_classes, dtype=torch.bool,
-                              device=self.class_accuracy.device)
-        s = self.split_statistic()
-        return s <= s.mean()
+    @property
+    def class_frequency(self) -> torch.Tensor:
+        return self.statistics.class_frequency
 
-    def class_bounds(self, depth: int) -> torch.Tensor:
-        """``eps_c^(l)`` for every class ``[C]`` (eqs. 14, 15)."""
-        h = self.hparams
-        eps = torch.full_like(self.class_accuracy, float(h["lpa_eps"]))
-        if h["lpa_bound"] == "varied":
-            eps = eps + h["lpa_delta_eps"] * (h["lpa_tau"] - self.split_statistic()).abs()
-        return h["lpa_beta"] ** depth * eps
-
-    def _radius(self, a, y, classes, groups, depth):
-        bound = self.class_bounds(depth)[classes]
+    # -- eqs. 14, 15: the radius ---------------------------------------------------------
+    def radius(self, a: torch.Tensor, step, depth: int) -> torch.Tensor:
+        """``r_c`` ``[C]``: ``eps_c^(l)``, times the class's mean activation norm
+        (``relative``, default); 0 for the classes absent from the batch."""
+        bound = self.statistics.bounds(depth)
         if self.hparams["lpa_radius"] == "absolute":
-            return bound
-        return bound * pgd.group_mean(flat_norms(a), groups, len(classes))
+            return bound * step.present
+        return bound * pgd.group_mean(flat_norms(a), step.y, self.num_classes, step.counts)
 
-    # -- the perturbation ----------------------------------------------------------------
-    def active_cuts(self, training):
-        if self.hparams["lpa_layer_select"] == "adaptive":
-            return [self._selected]
-        return self.cuts
-
-    def needs_accuracy(self) -> bool:
-        """Whether the class accuracy s_c decides anything (the split or eq. 14's bound)."""
-        h = self.hparams
-        return h["lpa_split"] == "mean_accuracy" or (
-            h["lpa_bound"] == "varied" and h["lpa_split"] != "frequency")
-
+    # -- the search (eqs. 8-11) ------------------------------------------------------------
     def uses_tail(self, cut):
-        # Amortized mode needs the tail only for one no-grad clean evaluation (s_c) at the
-        # first cut that fires, and only when the accuracy is used.
-        return self.hparams["lpa_mode"] == "exact" or self.needs_accuracy()
+        return True
 
     @property
     def search_steps(self) -> int:
-        """``T`` (lpa_steps) in exact mode; amortized mode searches no tail (one PGD step
-        per update from the training backward's gradient)."""
-        return int(self.hparams["lpa_steps"]) if self.hparams["lpa_mode"] == "exact" else 0
+        """``T`` (lpa_steps): tail evaluations of the exact search per cut and update."""
+        return int(self.hparams["lpa_steps"])
 
-    def perturb(self, a, y, ctx):
-        classes, groups = torch.unique(y, return_inverse=True)
-        radius = self._radius(a, y, classes, groups, ctx.cut.depth)
-        sign = torch.where(self.positive_classes()[classes], 1.0, -1.0)
-        if self.hparams["lpa_mode"] == "amortized":
-            if ctx.training and ctx.clean_logits is None and self.needs_accuracy():
-                with torch.no_grad():  # the clean logits for s_c: one tail evaluation
-                    ctx.clean_logits = ctx.tail(a.detach()).detach()
-            return self._perturb_amortized(a, y, ctx, classes, groups, radius, sign)
-        first = ctx.clean_logits is None  # earlier cuts unperturbed: the first tail is clean
+    def before_pass(self, step):
+        self._pass = LPAPass()
+
+    def perturb(self, a, y, step, tail):
+        h = self.hparams
+        radius = self.radius(a, step, tail.cut.depth)
         # "clean": PGD's first evaluation (z = a) fixes the BatchNorm statistics, so class c's
         # direction g_c no longer moves with the other classes' perturbations.
-        bn_stats = {} if self.hparams["lpa_bn_stats"] == "clean" else None
+        bn_stats = {} if h["lpa_bn_stats"] == "clean" else None
+        first_cut = self._pass.clean_logits is None  # earlier cuts unperturbed: tail is clean
 
-        def tail(z):
-            logits = ctx.tail(z, bn_stats=bn_stats)
-            if first and ctx.clean_logits is None:  # PGD's t = 0 evaluates z = a
-                ctx.clean_logits = logits.detach()
+        def evaluate(z):
+            logits = tail(z, bn_stats=bn_stats)
+            if first_cut and self._pass.clean_logits is None:  # PGD's t = 0 evaluates z = a
+                self._pass.clean_logits = logits.detach()
             return logits
 
-        delta, clean = pgd.l2_pgd(tail, a, y, groups, radius, sign,
-                                  int(self.hparams["lpa_steps"]), self.hparams["lpa_lowrank"],
-                                  precision=self.hparams["lpa_search_precision"])
-        ctx.clean_losses[ctx.cut.name] = clean
-        return a + delta[groups].to(a.dtype)
+        delta, clean = pgd.l2_pgd(evaluate, a, y, y, radius, self.statistics.signs(),
+                                  int(h["lpa_steps"]), lowrank=h["lpa_lowrank"],
+                                  precision=h["lpa_search_precision"], counts=step.counts)
+        if self._pass.clean_losses is None:
+            self._pass.clean_losses = clean
+        return a + delta[y].to(a.dtype)
 
-    def _perturb_amortized(self, a, y, ctx, classes, groups, radius, sign):
-        stored = self._amortized.get(ctx.cut.name)
-        if stored is None or stored.shape[1:] != a.shape[1:]:
-            stored = a.new_zeros((self.num_classes, *a.shape[1:]), dtype=torch.float32)
-        delta = pgd.project(stored[classes], radius)  # radii move with the activations
-        a_tilde = a + delta[groups].to(a.dtype)
-        if ctx.training and a_tilde.requires_grad:
-            # The class-mean gradient w.r.t. a~ is taken when the training backward reaches
-            # a~ (a tensor hook), so neither a~ nor its full gradient outlives that moment.
-            grad = {}
-            a_tilde.register_hook(functools.partial(_keep_group_mean, grad, groups,
-                                                    len(classes)))
-            ctx.scratch[ctx.cut.name] = (grad, classes, groups, radius, sign, delta, stored)
-        return a_tilde
+    def diagnostics(self):
+        if self._pass.clean_losses is None:
+            return {}
+        return {"clean_loss": self._pass.clean_losses.float().mean()}
 
-    # -- state updates (update() only; probe() never gets here) -------------------------
-    def after_backward(self, ctx):
-        steps = int(self.hparams["lpa_steps"])
-        for name, (grad, classes, groups, radius, sign, delta, stored) in ctx.scratch.items():
-            if "mean" not in grad:
-                continue
-            g = grad["mean"]
-            if self.hparams["lpa_lowrank"] and g.dim() >= 3:
-                g = pgd.low_rank(g, self.hparams["lpa_lowrank"])
-            step = (sign * 2.0 * radius / steps).view(-1, *([1] * (g.dim() - 1))) * pgd.unit(g)
-            new = delta + step
-            if self.hparams["lpa_lowrank"] and new.dim() >= 3:
-                new = pgd.low_rank(new, self.hparams["lpa_lowrank"])
-            stored = stored.clone()
-            stored[classes] = pgd.project(new, radius)
-            self._amortized[name] = stored.detach()
-        with torch.no_grad():
-            m = self.hparams["lpa_stat_momentum"]
-            y = ctx.y
-            present = torch.bincount(y, minlength=self.num_classes) > 0
-            if ctx.clean_logits is not None:  # clean accuracy (exact mode, or when s_c is used)
-                correct = (ctx.clean_logits.argmax(1) == y).float()
-                acc = pgd.group_mean(correct, y, self.num_classes)
-                self.class_accuracy[present] = (m * self.class_accuracy[present]
-                                                + (1 - m) * acc[present])
-            freq = torch.bincount(y, minlength=self.num_classes).float() / len(y)
-            self.class_frequency.mul_(m).add_((1 - m) * freq)
+    def after_optimizer_step(self, step):
+        """The EMA of ``s_c`` (update() only; probe() never gets here)."""
+        self.statistics.update(self._pass.clean_logits, step.y, step.counts)
 
     # -- adaptive layer selection (eq. 13) -------------------------------------------------
+    def active_cuts(self, training):
+        if self.hparams["lpa_layer_select"] == "adaptive":
+            return [self.cuts[self.layer_choice.current]]
+        return self.cuts
+
     def update(self, minibatches, unlabeled=None):
         h = self.hparams
         if (h["lpa_layer_select"] == "adaptive" and len(self.cuts) > 1
                 and self.steps_done % int(h["lpa_select_every"]) == 0):
             x = torch.cat([x for x, _ in minibatches])
             y = torch.cat([y for _, y in minibatches])
-            self._selected = self.select_layer(x, y)
+            self.layer_choice.choose(self.cuts.index(self.select_layer(x, y)))
         return super().update(minibatches, unlabeled)
 
     def select_layer(self, x, y):
         """Eq. 13: the candidate layer whose perturbation changes the per-class loss most,
         ``argmax_l sum_c |mean_c l(perturbed) - mean_c l(clean)|`` (state-free)."""
         scores = []
-        current = self._selected
-        try:
-            for cut in self.cuts:
-                self._selected = cut
-                result = self.probe(x, y)
-                scores.append(torch.nansum((result.perturbed_loss - result.clean_loss).abs()))
-        finally:
-            self._selected = current
+        for cut in self.cuts:
+            result = self.probe(x, y, cuts=[cut])
+            scores.append(torch.nansum((result.perturbed_loss - result.clean_loss).abs()))
         self.layer_scores = {c.name: float(s) for c, s in zip(self.cuts, scores)}
         return self.cuts[int(torch.stack(scores).argmax())]
 
@@ -250,11 +213,3 @@ class LPA_LPL(LPA):
     its own bound ``eps_c^(l)``."""
 
     HPARAM_DEFAULTS = {"perturb_layer": "default,logits"}  # the default layer and the logits
-
-
-@ALGORITHMS.register("LPA_Amortized")
-class LPA_Amortized(LPA):
-    """LPA in amortized mode (our extension, see module docs) under its own name, so that
-    sweeps and tables can hold it beside exact LPA."""
-
-    HPARAM_DEFAULTS = {"lpa_mode": "amortized"}

@@ -13,6 +13,8 @@ original's set (``network_input`` is the raw ``x``).
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -22,6 +24,14 @@ from lpa_domainbed.algorithms import ALGORITHMS
 from lpa_domainbed.algorithms.base import ActivationPerturbation
 
 __all__ = ["ManifoldMixup"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Mix:
+    """The last pass's mixing: ``lambda`` and each sample's partner ``j`` (eq. 4)."""
+
+    lam: float
+    partners: torch.Tensor
 
 
 @ALGORITHMS.register("ManifoldMixup")
@@ -47,12 +57,12 @@ class ManifoldMixup(ActivationPerturbation):
             return self.cuts
         return [self.cuts[int(torch.randint(len(self.cuts), ()))]]  # seeded by train.py
 
-    def perturb(self, a, y, ctx):
+    def perturb(self, a, y, step, tail):
         lam = float(np.random.beta(self.hparams["mmix_alpha"], self.hparams["mmix_alpha"]))
         perm = torch.randperm(len(a), device=a.device)
-        ctx.scratch["mixup"] = (lam, perm)
+        self.mix = Mix(lam, perm)
         return a + lam * (a[perm] - a)
 
-    def loss(self, logits, y, ctx):
-        lam, perm = ctx.scratch["mixup"]
+    def loss(self, logits, y, step):
+        lam, perm = self.mix.lam, self.mix.partners
         return (1 - lam) * F.cross_entropy(logits, y) + lam * F.cross_entropy(logits, y[perm])

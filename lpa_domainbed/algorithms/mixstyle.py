@@ -32,8 +32,9 @@ def cross_domain_partners(domains: torch.Tensor) -> torch.Tensor:
     batch has a single domain)."""
     scores = torch.rand(len(domains), len(domains), device=domains.device)
     other = domains[:, None] != domains[None, :]
-    if other.any(1).all():
-        scores = scores.masked_fill(~other, -1.0)
+    # a sample with a partner domain draws from it (all do when the batch has two domains or
+    # more, none when it has one); decided on the device, without a host-device sync
+    scores = torch.where(other.any(1, keepdim=True), scores.masked_fill(~other, -1.0), scores)
     return scores.argmax(1)
 
 
@@ -54,7 +55,7 @@ class MixStyle(ActivationPerturbation):
             hp.HParam("mixstyle_mix", "random", hp.choice(MIXES), "partner choice", choices=MIXES),
         ]
 
-    def perturb(self, a, y, ctx):
+    def perturb(self, a, y, step, tail):
         h = self.hparams
         if float(torch.rand(())) >= h["mixstyle_p"]:
             return a
@@ -62,9 +63,11 @@ class MixStyle(ActivationPerturbation):
         mu, sigma = channel_stats(x, eps=1e-6)
         mu, sigma = mu.detach(), sigma.detach()
         alpha = torch.tensor(float(h["mixstyle_alpha"]), device=a.device)
-        lam = torch.distributions.Beta(alpha, alpha).sample((len(a), 1, 1)).to(a.dtype)
+        # validate_args=False: the check of alpha would read it back from the device
+        beta = torch.distributions.Beta(alpha, alpha, validate_args=False)
+        lam = beta.sample((len(a), 1, 1)).to(a.dtype)
         if h["mixstyle_mix"] == "crossdomain":
-            partner = cross_domain_partners(ctx.domains)
+            partner = cross_domain_partners(step.domains)
         else:
             partner = torch.randperm(len(a), device=a.device)
         mu_mix = lam * mu + (1 - lam) * mu[partner]

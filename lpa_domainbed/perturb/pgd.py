@@ -12,12 +12,14 @@ length and ``T = 1`` gives exactly ``delta_g = sign_g * r_g * g_g / |g_g|``.
 from __future__ import annotations
 
 import contextlib
+import functools
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["PRECISIONS", "group_mean", "unit", "project", "low_rank", "l2_pgd",
-           "search_autocast"]
+__all__ = ["PRECISIONS", "compose", "group_counts", "group_mean", "l2_ball", "l2_pgd",
+           "low_rank", "project", "row_norms", "search_autocast", "unit"]
 
 #: The search's precisions (``lpa_search_precision``, ``ada_search_precision``).
 PRECISIONS = ("float32", "bfloat16")
@@ -39,26 +41,64 @@ def _bshape(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.view(-1, *([1] * (like.dim() - 1)))
 
 
-def group_mean(values: torch.Tensor, groups: torch.Tensor, num_groups: int) -> torch.Tensor:
-    """Mean of ``values [B, ...]`` over samples of each group ``-> [G, ...]`` (float32)."""
+def group_counts(groups: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """Samples per group ``[G]`` (float32), without ``bincount``'s host-device sync."""
+    ones = torch.ones(groups.shape, device=groups.device)
+    return torch.zeros(num_groups, device=groups.device).index_add_(0, groups, ones)
+
+
+def group_mean(values: torch.Tensor, groups: torch.Tensor, num_groups: int,
+               counts: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of ``values [B, ...]`` over samples of each group ``-> [G, ...]`` (float32); 0 for
+    an empty group. ``counts``: :func:`group_counts`, when the caller has them already."""
     values = values.float()
     sums = values.new_zeros((num_groups, *values.shape[1:])).index_add_(0, groups, values)
-    counts = torch.bincount(groups, minlength=num_groups).clamp_min(1).to(values)
-    return sums / _bshape(counts, sums)
+    if counts is None:
+        counts = group_counts(groups, num_groups)
+    return sums / _bshape(counts.clamp_min(1).to(values), sums)
+
+
+def row_norms(t: torch.Tensor) -> torch.Tensor:
+    """l2 norm of each row ``[G, ...] -> [G]`` that does not overflow: where the plain norm's
+    squares overflow (entries above ~1e19 in float32), the row is scaled by its largest entry
+    first. Elsewhere it is the plain norm, bit for bit."""
+    flat = t.flatten(1)
+    norms = flat.norm(dim=1)
+    peak = flat.abs().amax(dim=1).clamp_min(torch.finfo(flat.dtype).tiny)
+    scaled = (flat / peak[:, None]).norm(dim=1) * peak
+    return torch.where(torch.isfinite(norms), norms, scaled)
 
 
 def unit(g: torch.Tensor) -> torch.Tensor:
     """Each row divided by its l2 norm; an all-zero row stays zero (no NaN)."""
-    norms = g.flatten(1).norm(dim=1)
+    norms = row_norms(g)
     scale = torch.where(norms > 0, 1.0 / norms.clamp_min(torch.finfo(norms.dtype).tiny), 0.0)
     return g * _bshape(scale, g)
 
 
 def project(delta: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
     """Project each row onto the l2 ball of its radius (radius 0 gives 0)."""
-    norms = delta.flatten(1).norm(dim=1)
-    scale = torch.clamp(radius / norms.clamp_min(1e-12), max=1.0)
+    scale = torch.clamp(radius / row_norms(delta).clamp_min(1e-12), max=1.0)
     return delta * _bshape(scale, delta)
+
+
+Projection = Callable[[torch.Tensor], torch.Tensor]
+
+
+def l2_ball(radius: torch.Tensor) -> Projection:
+    """The projection onto the l2 balls of ``radius [G]`` (eq. 9's ``Proj``), as a function of
+    ``delta [G, ...]``."""
+    return functools.partial(project, radius=radius)
+
+
+def compose(*projections: Projection) -> Projection:
+    """``compose(p, q)(delta) = q(p(delta))``: the search's projections applied in order."""
+    def apply(delta: torch.Tensor) -> torch.Tensor:
+        for projection in projections:
+            delta = projection(delta)
+        return delta
+
+    return apply
 
 
 def low_rank(delta: torch.Tensor, ratio: float, basis: torch.Tensor | None = None) -> torch.Tensor:
@@ -92,6 +132,8 @@ def flat_basis(per_sample_grads: torch.Tensor, groups: torch.Tensor, num_groups:
     (zero rows pad groups with fewer samples than ``k``)."""
     g = per_sample_grads.float().flatten(1)
     d = g.shape[1]
+    if groups is None:
+        groups = torch.arange(len(g), device=g.device)
     counts = torch.bincount(groups, minlength=num_groups)
     k = max(1, round(ratio * min(int(counts.max()), d)))
     basis = g.new_zeros((num_groups, k, d))
@@ -105,16 +147,18 @@ def flat_basis(per_sample_grads: torch.Tensor, groups: torch.Tensor, num_groups:
     return basis
 
 
-def l2_pgd(tail, a: torch.Tensor, y: torch.Tensor, groups: torch.Tensor, radius: torch.Tensor,
-           sign: torch.Tensor, steps: int, lowrank: float = 0.0, clean_graph: bool = False,
-           precision: str = "float32"):
+def l2_pgd(tail, a: torch.Tensor, y: torch.Tensor, groups: torch.Tensor | None,
+           radius: torch.Tensor, sign: torch.Tensor, steps: int, *, lowrank: float = 0.0,
+           clean_graph: bool = False, precision: str = "float32",
+           counts: torch.Tensor | None = None, projection: Projection | None = None):
     """``T = steps`` normalized l2 PGD steps on a perturbation shared within each group.
 
     Args:
         tail: ``z -> logits`` (``f_{l+1:L}``); called ``steps`` times.
         a: clean activation ``[B, ...]``.
         y: labels ``[B]``.
-        groups: group index of each sample ``[B]``, values in ``0..G-1``.
+        groups: group index of each sample ``[B]``, values in ``0..G-1``; None: one group per
+            sample (ADA), which needs no group mean and no gather.
         radius: ball radius per group ``[G]``; sign: +1 (maximize loss) or -1 (minimize) ``[G]``.
         lowrank: ``k / d`` ratio of :func:`low_rank` (0: full rank).
         clean_graph: if True, ``tail`` is first called on ``a`` itself with the graph kept, and
@@ -123,26 +167,27 @@ def l2_pgd(tail, a: torch.Tensor, y: torch.Tensor, groups: torch.Tensor, radius:
             ``precision``.
         precision: ``"float32"`` or ``"bfloat16"``: the tail evaluations run under
             :func:`search_autocast`; the gradients, delta and its projection are float32.
+        counts: :func:`group_counts` of ``groups``, when the caller has them.
+        projection: ``delta [G, ...] -> delta``, applied after every step (default
+            :func:`l2_ball` of ``radius``; extend it with :func:`compose`).
 
     Returns:
         ``(delta [G, ...] float32, clean per-sample losses [B])``.
     """
     G = int(radius.numel())
     radius, sign = radius.float(), sign.float()
+    projection = projection or l2_ball(radius)
     kappa = 2.0 * radius / steps
     delta = a.new_zeros((G, *a.shape[1:]), dtype=torch.float32)
-    a0 = a if clean_graph else a.detach()
+    if groups is not None and counts is None:
+        counts = group_counts(groups, G)
     clean, basis = None, None
-    # One group per sample (ADA): the group mean is the gradient itself and delta needs no
-    # gather; skipping both saves two copies of the activation per step (same values).
-    per_sample = G == groups.numel() and torch.equal(
-        groups, torch.arange(G, device=groups.device, dtype=groups.dtype))
     for t in range(steps):
         if t == 0:
-            z = a0 if clean_graph else a0.requires_grad_(True)
+            z = a if clean_graph else a.detach().requires_grad_(True)
         else:
-            z = (a.detach() + (delta if per_sample else delta[groups]).to(a.dtype)
-                 ).requires_grad_(True)
+            shared = delta if groups is None else delta[groups]
+            z = (a.detach() + shared.to(a.dtype)).requires_grad_(True)
         with (contextlib.nullcontext() if clean_graph and t == 0
               else search_autocast(a.device, precision)):
             logits = tail(z)
@@ -152,11 +197,11 @@ def l2_pgd(tail, a: torch.Tensor, y: torch.Tensor, groups: torch.Tensor, radius:
             clean = losses if clean_graph else losses.detach()
             if lowrank and a.dim() == 2:
                 basis = flat_basis(g, groups, G, lowrank)
-        g_mean = g.float() if per_sample else group_mean(g, groups, G)
+        g_mean = g.float() if groups is None else group_mean(g, groups, G, counts)
         if lowrank:
             g_mean = low_rank(g_mean, lowrank, basis)
         delta = delta + _bshape(sign * kappa, delta) * unit(g_mean)
         if lowrank:
             delta = low_rank(delta, lowrank, basis)
-        delta = project(delta, radius)
+        delta = projection(delta)
     return delta, clean

@@ -41,7 +41,7 @@ def measure(steps: int = 300, seed: int = 0, eps: float = 0.3) -> dict:
     y = torch.cat([e[1] for e in envs])
     r = alg.probe(x, y)
     clean, perturbed = r.clean[r.layers[0]], r.perturbed[r.layers[0]]  # the default layer
-    positive = alg.positive_classes()
+    positive = alg.statistics.positive()
     out = {"positive": [], "negative": []}
     for c in range(10):
         rows = y == c

@@ -71,14 +71,14 @@ class TailProbe:
         times: dict[str, dict[str, float]] = {}
         y, clock = self.y, self.clock
 
-        def on_cut(cut, a, forward):
+        def on_cut(cut, a, tail):
             with torch.enable_grad():
                 z = a.detach().requires_grad_(True)
                 t0 = clock()
-                losses = F.cross_entropy(forward.tail(z, cut).float(), y, reduction="none")
+                losses = F.cross_entropy(tail(z).float(), y, reduction="none")
                 torch.autograd.grad(losses.sum(), z)
                 t1 = clock()
-                losses = F.cross_entropy(forward.tail(z, cut).float(), y, reduction="none")
+                losses = F.cross_entropy(tail(z).float(), y, reduction="none")
                 t2 = clock()
                 torch.autograd.grad(losses.sum(), [z, *self.params], allow_unused=True)
                 t3 = clock()
