@@ -7,7 +7,9 @@ training jobs), and which commands it forks.
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import signal
 import sys
 import time
 
@@ -15,10 +17,11 @@ import pytest
 
 from conftest import requires_domainbed
 from launcher_helpers import (BARE_PATH, assert_all_gone, interrupt_once_pids_exist,
-                              python_and_env_probe, sleeper_command, writer_command)
-from lpa_domainbed.tools.launchers import LAUNCHERS, forkserver
+                              python_and_env_probe, recorded_pids, sleeper_command,
+                              wait_for_pids, writer_command)
+from lpa_domainbed.tools.launchers import LAUNCHERS, forkserver, validate_settings
 from lpa_domainbed.tools.launchers.forkserver import local_forkserver_launcher, train_arguments
-from lpa_domainbed.tools.launchers.local_parallel import local_parallel_launcher
+from lpa_domainbed.tools.launchers.local_parallel import Starter, local_parallel_launcher
 
 LAUNCHER_FUNCTIONS = {"local_parallel": local_parallel_launcher,
                       "local_forkserver": local_forkserver_launcher}
@@ -112,3 +115,71 @@ def test_domainbeds_train_commands_are_forked_and_others_are_not(tmp_path, monke
                   command + "; touch x", command + " > log", command + " $HOME",
                   command + ' "--x"', "echo " + tail, "python -c 1"]:
         assert train_arguments(other, env) is None, other
+
+
+@both_launchers
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_stop_the_jobs_as_ctrl_c(name, tmp_path, monkeypatch, capsys, signum):
+    found: list[int] = []
+    wait_then_interrupt = interrupt_once_pids_exist(tmp_path, 4, found)
+
+    def signal_once_pids_exist(seconds):
+        try:
+            wait_then_interrupt(seconds)
+        except KeyboardInterrupt:
+            os.kill(os.getpid(), signum)  # what `kill` or a closed terminal sends
+
+    monkeypatch.setattr(time, "sleep", signal_once_pids_exist)
+    before = signal.getsignal(signum)
+    with pytest.raises(SystemExit) as stop:
+        LAUNCHER_FUNCTIONS[name]([sleeper_command(tmp_path, i) for i in range(2)], max_jobs=2)
+
+    monkeypatch.undo()
+    assert stop.value.code == 130
+    assert_all_gone(found)
+    assert f"[{name}] interrupted: stopped 2 unfinished jobs" in capsys.readouterr().err
+    assert signal.getsignal(signum) == before
+
+
+@both_launchers
+def test_a_rerun_job_moves_its_earlier_attempt_aside_first(name, tmp_path):
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    (job_dir / "results.jsonl").write_text('{"step": 0}\n')  # an earlier attempt's files
+    (job_dir / "launcher.log").write_text("attempt 1\n")
+
+    assert LAUNCHER_FUNCTIONS[name]([writer_command(job_dir / "out.txt", job_dir)]) == []
+
+    assert sorted(p.name for p in job_dir.iterdir()) == ["attempt-1", "launcher.log", "out.txt"]
+    assert (job_dir / "attempt-1" / "results.jsonl").read_text() == '{"step": 0}\n'
+    assert (job_dir / "attempt-1" / "launcher.log").read_text() == "attempt 1\n"
+
+
+def test_local_forkserver_settings_are_validated():
+    with pytest.raises(ValueError, match="LPA_DOMAINBED_JOBS='x' is invalid"):
+        validate_settings("local_forkserver", environ={"LPA_DOMAINBED_JOBS": "x"})
+
+
+@both_launchers
+def test_a_job_that_cannot_start_stops_the_others_and_leaves_the_rest_unlaunched(
+        name, tmp_path, monkeypatch):
+    job_dirs = [tmp_path / f"job{i}" for i in range(3)]
+    for job_dir in job_dirs:
+        job_dir.mkdir()  # made by DomainBed's Job.launch before the launcher runs
+    commands = [f": --output_dir {job_dirs[0]} ; {sleeper_command(tmp_path, 0)}",
+                *(writer_command(d / "out.txt", d) for d in job_dirs[1:])]
+    real_start = Starter.start
+
+    def start(self, index, command, log):
+        if index == 1:
+            wait_for_pids(tmp_path, 2)
+            raise OSError("no more processes")
+        return real_start(self, index, command, log)
+
+    monkeypatch.setattr(Starter, "start", start)
+    with pytest.raises(OSError, match="no more processes"):
+        LAUNCHER_FUNCTIONS[name](commands, max_jobs=2)
+
+    assert_all_gone(recorded_pids(tmp_path, 2))
+    assert (job_dirs[0] / "launcher.log").is_file()  # started: incomplete, kept
+    assert not job_dirs[1].exists() and not job_dirs[2].exists()  # a rerun launches them

@@ -170,3 +170,41 @@ def test_a_server_that_touched_cuda_refuses_and_leaves_the_jobs_unlaunched(tmp_p
 
     assert "cannot fork training jobs: torch.cuda is initialized" in capfd.readouterr().err
     assert not any(job_dir.exists() for job_dir in job_dirs)
+
+
+def test_lpa_domainbed_sweep_runs_local_forkserver_and_forked_jobs_load_no_tooling(tmp_path):
+    """``lpa-domainbed sweep --launcher local_forkserver``: every job forked and done, the lock
+    released; a forked job, like a plain train process, has no ``lpa_domainbed.tools`` module
+    (a plugin's atexit handler, inherited through the fork, writes what each job loaded)."""
+    plugin = tmp_path / "report_modules.py"
+    plugin.write_text(
+        "import atexit, os, sys\n"
+        "def _report():\n"
+        "    if '--test_envs' not in sys.argv:  # not a train job\n"
+        "        return\n"
+        "    tools = sorted(m for m in sys.modules if m.startswith('lpa_domainbed.tools'))\n"
+        f"    with open(os.path.join({str(tmp_path)!r}, f'modules-{{os.getpid()}}.txt'),"
+        " 'w') as out:\n"
+        "        out.write(repr(tools))\n"
+        "atexit.register(_report)\n")
+    sweep_file = tmp_path / "s.toml"
+    sweep_file.write_text('name = "s"\ndatasets = ["Debug28"]\nalgorithms = ["ERM"]\n'
+                          "n_trials = 1\nn_hparams = 1\nsteps = 1\n"
+                          'command_launcher = "local"\nhparams = {batch_size = 4}\n')
+    out = tmp_path / "my sweep"
+    run = subprocess.run(
+        [sys.executable, "-m", "lpa_domainbed.tools.cli", "sweep", str(sweep_file),
+         "--data_dir", str(tmp_path), "--output_dir", str(out), "--launcher",
+         "local_forkserver"], capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, PATH=BARE_PATH, LPA_DOMAINBED_JOBS="3",
+                 LPA_DOMAINBED_PLUGINS=str(plugin)))
+
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "[local_forkserver] 3/3 finished (0 failed)" in run.stdout
+    assert "subprocesses" not in run.stderr  # every job was forked
+    job_dirs = [path for path in out.iterdir() if path.is_dir()]
+    assert len(job_dirs) == 3
+    assert all((d / "done").is_file() and (d / "launcher.log").is_file() for d in job_dirs)
+    assert not list(out.glob(".lpa-domainbed-sweep.lock"))
+    reports = [path.read_text() for path in tmp_path.glob("modules-*.txt")]
+    assert reports == ["[]"] * 3, reports
