@@ -117,6 +117,27 @@ def test_ctrl_c_stops_forked_jobs_and_the_server(tmp_path, monkeypatch, capsys):
         "the stopped ones are incomplete (see 'Resume' in docs/launchers.md)"]
 
 
+def test_a_killed_server_fails_its_jobs_and_leaves_none_running(tmp_path, monkeypatch, capsys):
+    commands = [train_command(tmp_path / f"job{i}", "ERM", 100000) for i in range(2)]
+    logs = [tmp_path / f"job{i}" / "launcher.log" for i in range(2)]
+    found: list[int] = []
+
+    def kill_server_once_training(seconds):
+        if not found:
+            found.extend(wait_for_training(logs))
+            os.kill(found[-1], signal.SIGKILL)  # the server (the OOM killer, a stray kill)
+        return _real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", kill_server_once_training)
+    failed = local_forkserver_launcher(commands, max_jobs=2)
+    monkeypatch.undo()
+
+    assert failed == commands
+    assert len(found) == 3
+    assert_all_gone(found)
+    assert f"exit {-signal.SIGKILL}: log {logs[0]}" in capsys.readouterr().err
+
+
 def _launch(tmp_path: Path, steps: int) -> subprocess.Popen:
     """DomainBed's sweep with local_forkserver, started as a user starts it."""
     sweep = [sys.executable, "-m", "domainbed.scripts.sweep", "launch", "--datasets",

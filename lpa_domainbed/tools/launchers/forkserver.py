@@ -31,7 +31,7 @@ import time
 from lpa_domainbed.tools.launchers import forkserver_server as _forkserver_server
 from lpa_domainbed.tools.launchers.forkserver_server import TRAIN_MODULE
 from lpa_domainbed.tools.launchers.local_parallel import Starter, _child_env, run_locally
-from lpa_domainbed.tools.launchers.processes import stop_jobs
+from lpa_domainbed.tools.launchers.processes import signal_group, stop_jobs
 from lpa_domainbed.tools.launchers.settings import num_parallel_jobs, settings_or_cleanup
 from lpa_domainbed.tools.runinfo import env_with_python
 
@@ -138,7 +138,10 @@ class ForkedJob:
     @property
     def returncode(self) -> int | None:
         if self.index not in self.server.exits and self.server.ended:
-            return -signal.SIGKILL  # the server died and took the job with it
+            # The server died (the OOM killer, a kill): its jobs cannot report an exit status.
+            # Stop the job's group, lest it run on unwatched, and count it as killed.
+            signal_group(self.pid, signal.SIGKILL)
+            self.server.exits[self.index] = -signal.SIGKILL
         return self.server.exits.get(self.index)
 
     def poll(self) -> int | None:
