@@ -7,7 +7,6 @@ training jobs), and which commands it forks.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import signal
 import sys
@@ -19,9 +18,10 @@ from conftest import requires_domainbed
 from launcher_helpers import (BARE_PATH, assert_all_gone, interrupt_once_pids_exist,
                               python_and_env_probe, recorded_pids, sleeper_command,
                               wait_for_pids, writer_command)
-from lpa_domainbed.tools.launchers import LAUNCHERS, forkserver, validate_settings
+from lpa_domainbed.tools.launchers import (LAUNCHERS, forkserver, local_parallel,
+                                           validate_settings)
 from lpa_domainbed.tools.launchers.forkserver import local_forkserver_launcher, train_arguments
-from lpa_domainbed.tools.launchers.local_parallel import Starter, local_parallel_launcher
+from lpa_domainbed.tools.launchers.local_parallel import local_parallel_launcher
 
 LAUNCHER_FUNCTIONS = {"local_parallel": local_parallel_launcher,
                       "local_forkserver": local_forkserver_launcher}
@@ -121,15 +121,7 @@ def test_domainbeds_train_commands_are_forked_and_others_are_not(tmp_path, monke
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_sigterm_and_sighup_stop_the_jobs_as_ctrl_c(name, tmp_path, monkeypatch, capsys, signum):
     found: list[int] = []
-    wait_then_interrupt = interrupt_once_pids_exist(tmp_path, 4, found)
-
-    def signal_once_pids_exist(seconds):
-        try:
-            wait_then_interrupt(seconds)
-        except KeyboardInterrupt:
-            os.kill(os.getpid(), signum)  # what `kill` or a closed terminal sends
-
-    monkeypatch.setattr(time, "sleep", signal_once_pids_exist)
+    monkeypatch.setattr(time, "sleep", interrupt_once_pids_exist(tmp_path, 4, found, signum))
     before = signal.getsignal(signum)
     with pytest.raises(SystemExit) as stop:
         LAUNCHER_FUNCTIONS[name]([sleeper_command(tmp_path, i) for i in range(2)], max_jobs=2)
@@ -138,7 +130,7 @@ def test_sigterm_and_sighup_stop_the_jobs_as_ctrl_c(name, tmp_path, monkeypatch,
     assert stop.value.code == 130
     assert_all_gone(found)
     assert f"[{name}] interrupted: stopped 2 unfinished jobs" in capsys.readouterr().err
-    assert signal.getsignal(signum) == before
+    assert signal.getsignal(signum) == before  # the launcher's handler is gone again
 
 
 @both_launchers
@@ -168,16 +160,16 @@ def test_a_job_that_cannot_start_stops_the_others_and_leaves_the_rest_unlaunched
         job_dir.mkdir()  # made by DomainBed's Job.launch before the launcher runs
     commands = [f": --output_dir {job_dirs[0]} ; {sleeper_command(tmp_path, 0)}",
                 *(writer_command(d / "out.txt", d) for d in job_dirs[1:])]
-    real_start = Starter.start
+    real_start_job = local_parallel.start_job
 
-    def start(self, index, command, log):
-        if index == 1:
+    def start_job(command, **popen_kwargs):
+        if command == commands[1]:
             wait_for_pids(tmp_path, 2)
-            raise OSError("no more processes")
-        return real_start(self, index, command, log)
+            raise BlockingIOError("fork: Resource temporarily unavailable")
+        return real_start_job(command, **popen_kwargs)
 
-    monkeypatch.setattr(Starter, "start", start)
-    with pytest.raises(OSError, match="no more processes"):
+    monkeypatch.setattr(local_parallel, "start_job", start_job)
+    with pytest.raises(BlockingIOError, match="Resource temporarily unavailable"):
         LAUNCHER_FUNCTIONS[name](commands, max_jobs=2)
 
     assert_all_gone(recorded_pids(tmp_path, 2))

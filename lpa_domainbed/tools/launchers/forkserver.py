@@ -7,9 +7,12 @@ one child per ``python -m domainbed.scripts.train ...`` command, at most
 ``LPA_DOMAINBED_JOBS`` at a time. Each child runs the train script as ``__main__`` with the
 command's arguments, in a session of its own, logging to the job's ``launcher.log``.
 
-Everything a user sees is ``local_parallel``'s: the same log location, environment
-(``OMP_NUM_THREADS=1`` ...), progress lines, failure report, return value (the failed
-commands), and Ctrl-C / SIGTERM (every job's group stopped, one line, exit status 130).
+Everything a user sees is ``local_parallel``'s, as both run :func:`.local_parallel.run_locally`
+(only the way a job starts differs, :class:`ForkStarter`): the same log location (job
+directories from DomainBed's ``Job`` objects, an earlier attempt moved to ``attempt-<n>/``),
+environment (``OMP_NUM_THREADS=1`` ...), progress lines, failure report, return value (the
+failed commands), and Ctrl-C / SIGTERM / SIGHUP (every job's group stopped, one line, exit
+status 130).
 A command that is not a train command of this environment's interpreter (another
 interpreter, shell syntax) runs as a normal subprocess, as ``local_parallel`` runs it.
 """

@@ -67,6 +67,7 @@ class Starter:
                              env=self.env), handle
         except BaseException:
             handle.close()
+            os.remove(log)  # the job never ran: its directory stays empty, unlaunched
             raise
 
     def close(self, stop: bool = False) -> None:
