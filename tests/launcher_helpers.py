@@ -65,15 +65,20 @@ def assert_all_gone(pids: list[int], timeout: float = 20.0) -> None:
     assert not [pid for pid in pids if is_alive(pid)], "processes outlived the launcher"
 
 
-def interrupt_once_pids_exist(pid_dir: Path, expected: int, found: list[int]):
-    """A replacement for the launcher's sleep: Ctrl-C once every job has started, then sleep
-    (the clean-up's own waits may sleep too)."""
+def interrupt_once_pids_exist(pid_dir: Path, expected: int, found: list[int],
+                              signum: int | None = None):
+    """A replacement for the launcher's sleep: Ctrl-C (or the signal ``signum`` to this process,
+    as ``kill`` or a closed terminal sends it) once every job has started, then sleep (the
+    clean-up's own waits may sleep too)."""
 
     def fake_sleep(seconds: float) -> None:
         if found:
             _real_sleep(seconds)
             return
         found.extend(wait_for_pids(pid_dir, expected))
+        if signum is not None:
+            os.kill(os.getpid(), signum)
+            return
         raise KeyboardInterrupt
 
     return fake_sleep

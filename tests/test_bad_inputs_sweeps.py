@@ -51,6 +51,10 @@ SWEEP_ROWS = [
      "3/3 finished (0 failed)"),
     ("bad setting and hparams text names --output_dir", "sweep", "local_parallel",
      {"LPA_DOMAINBED_JOBS": "abc"}, True, 1, "error: LPA_DOMAINBED_JOBS='abc' is invalid"),
+    ("output_dir with a space, hparams text names --output_dir, local_forkserver", "my sweep",
+     "local_forkserver", {}, True, 0, "[local_forkserver] 3/3 finished (0 failed)"),
+    ("bad setting, local_forkserver", "sweep", "local_forkserver", {"LPA_DOMAINBED_JOBS": "0"},
+     True, 1, "error: LPA_DOMAINBED_JOBS='0' is invalid"),
 ]
 
 
@@ -78,7 +82,7 @@ def test_job_directories_come_from_domainbeds_jobs(tmp_path, name, launcher, env
     job_dirs = [p for p in out.iterdir() if p.is_dir()]
     if status == 0:
         assert len(job_dirs) == 3 and all((d / "done").exists() for d in job_dirs)
-        if launcher == "local_parallel":
+        if launcher in ("local_parallel", "local_forkserver"):
             assert all((d / "launcher.log").is_file() for d in job_dirs)
     else:
         assert job_dirs == []  # nothing half-made: the corrected command launches every job
@@ -129,6 +133,9 @@ CLI_ROWS = [
      "hparam lpa_eps='big' has type str", None),
     ("LPA_DOMAINBED_JOBS=abc", "", [], {"LPA_DOMAINBED_JOBS": "abc"}, None, 2,
      "error: LPA_DOMAINBED_JOBS='abc' is invalid", "Traceback"),
+    ("LPA_DOMAINBED_JOBS=0, local_forkserver", "", ["--launcher", "local_forkserver"],
+     {"LPA_DOMAINBED_JOBS": "0"}, None, 2, "error: LPA_DOMAINBED_JOBS='0' is invalid",
+     "Traceback"),
     ("bad Slurm setting", "", ["--launcher", "submitit"], {"LPA_SLURM_TIME_MIN": "1h"}, None,
      2, "LPA_SLURM_TIME_MIN='1h' is invalid", "Traceback"),
     ("submitit missing", "", ["--launcher", "submitit"], {},

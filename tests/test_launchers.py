@@ -7,7 +7,6 @@ is left behind.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 
@@ -133,25 +132,4 @@ def test_slurm_forced_without_srun_says_what_to_do():
         slurm_settings(environ)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
-def test_local_parallel_stops_its_jobs_on_sigterm_and_sighup_as_on_ctrl_c(tmp_path, monkeypatch,
-                                                                         capsys, signum):
-    found: list[int] = []
-    wait_then_interrupt = interrupt_once_pids_exist(tmp_path, 4, found)
-
-    def signal_once_pids_exist(seconds):
-        try:
-            wait_then_interrupt(seconds)
-        except KeyboardInterrupt:
-            os.kill(os.getpid(), signum)  # what `kill` or a closed terminal sends
-
-    monkeypatch.setattr(local_parallel.time, "sleep", signal_once_pids_exist)
-    before = signal.getsignal(signum)
-    with pytest.raises(SystemExit) as stop:
-        local_parallel_launcher([sleeper_command(tmp_path, i) for i in range(2)], max_jobs=2)
-
-    monkeypatch.undo()
-    assert stop.value.code == 130
-    assert_all_gone(found)
-    assert "[local_parallel] interrupted: stopped 2 unfinished jobs" in capsys.readouterr().err
-    assert signal.getsignal(signum) == before  # the launcher's handler is gone again
+# SIGTERM and SIGHUP: test_launchers_forkserver.py, for local_parallel and local_forkserver.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import signal
 import sys
 import time
 
@@ -15,8 +16,10 @@ import pytest
 
 from conftest import requires_domainbed
 from launcher_helpers import (BARE_PATH, assert_all_gone, interrupt_once_pids_exist,
-                              python_and_env_probe, sleeper_command, writer_command)
-from lpa_domainbed.tools.launchers import LAUNCHERS, forkserver
+                              python_and_env_probe, recorded_pids, sleeper_command,
+                              wait_for_pids, writer_command)
+from lpa_domainbed.tools.launchers import (LAUNCHERS, forkserver, local_parallel,
+                                           validate_settings)
 from lpa_domainbed.tools.launchers.forkserver import local_forkserver_launcher, train_arguments
 from lpa_domainbed.tools.launchers.local_parallel import local_parallel_launcher
 
@@ -112,3 +115,63 @@ def test_domainbeds_train_commands_are_forked_and_others_are_not(tmp_path, monke
                   command + "; touch x", command + " > log", command + " $HOME",
                   command + ' "--x"', "echo " + tail, "python -c 1"]:
         assert train_arguments(other, env) is None, other
+
+
+@both_launchers
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_stop_the_jobs_as_ctrl_c(name, tmp_path, monkeypatch, capsys, signum):
+    found: list[int] = []
+    monkeypatch.setattr(time, "sleep", interrupt_once_pids_exist(tmp_path, 4, found, signum))
+    before = signal.getsignal(signum)
+    with pytest.raises(SystemExit) as stop:
+        LAUNCHER_FUNCTIONS[name]([sleeper_command(tmp_path, i) for i in range(2)], max_jobs=2)
+
+    monkeypatch.undo()
+    assert stop.value.code == 130
+    assert_all_gone(found)
+    assert f"[{name}] interrupted: stopped 2 unfinished jobs" in capsys.readouterr().err
+    assert signal.getsignal(signum) == before  # the launcher's handler is gone again
+
+
+@both_launchers
+def test_a_rerun_job_moves_its_earlier_attempt_aside_first(name, tmp_path):
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    (job_dir / "results.jsonl").write_text('{"step": 0}\n')  # an earlier attempt's files
+    (job_dir / "launcher.log").write_text("attempt 1\n")
+
+    assert LAUNCHER_FUNCTIONS[name]([writer_command(job_dir / "out.txt", job_dir)]) == []
+
+    assert sorted(p.name for p in job_dir.iterdir()) == ["attempt-1", "launcher.log", "out.txt"]
+    assert (job_dir / "attempt-1" / "results.jsonl").read_text() == '{"step": 0}\n'
+    assert (job_dir / "attempt-1" / "launcher.log").read_text() == "attempt 1\n"
+
+
+def test_local_forkserver_settings_are_validated():
+    with pytest.raises(ValueError, match="LPA_DOMAINBED_JOBS='x' is invalid"):
+        validate_settings("local_forkserver", environ={"LPA_DOMAINBED_JOBS": "x"})
+
+
+@both_launchers
+def test_a_job_that_cannot_start_stops_the_others_and_leaves_the_rest_unlaunched(
+        name, tmp_path, monkeypatch):
+    job_dirs = [tmp_path / f"job{i}" for i in range(3)]
+    for job_dir in job_dirs:
+        job_dir.mkdir()  # made by DomainBed's Job.launch before the launcher runs
+    commands = [f": --output_dir {job_dirs[0]} ; {sleeper_command(tmp_path, 0)}",
+                *(writer_command(d / "out.txt", d) for d in job_dirs[1:])]
+    real_start_job = local_parallel.start_job
+
+    def start_job(command, **popen_kwargs):
+        if command == commands[1]:
+            wait_for_pids(tmp_path, 2)
+            raise BlockingIOError("fork: Resource temporarily unavailable")
+        return real_start_job(command, **popen_kwargs)
+
+    monkeypatch.setattr(local_parallel, "start_job", start_job)
+    with pytest.raises(BlockingIOError, match="Resource temporarily unavailable"):
+        LAUNCHER_FUNCTIONS[name](commands, max_jobs=2)
+
+    assert_all_gone(recorded_pids(tmp_path, 2))
+    assert (job_dirs[0] / "launcher.log").is_file()  # started: incomplete, kept
+    assert not job_dirs[1].exists() and not job_dirs[2].exists()  # a rerun launches them

@@ -117,6 +117,27 @@ def test_ctrl_c_stops_forked_jobs_and_the_server(tmp_path, monkeypatch, capsys):
         "the stopped ones are incomplete (see 'Resume' in docs/launchers.md)"]
 
 
+def test_a_killed_server_fails_its_jobs_and_leaves_none_running(tmp_path, monkeypatch, capsys):
+    commands = [train_command(tmp_path / f"job{i}", "ERM", 100000) for i in range(2)]
+    logs = [tmp_path / f"job{i}" / "launcher.log" for i in range(2)]
+    found: list[int] = []
+
+    def kill_server_once_training(seconds):
+        if not found:
+            found.extend(wait_for_training(logs))
+            os.kill(found[-1], signal.SIGKILL)  # the server (the OOM killer, a stray kill)
+        return _real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", kill_server_once_training)
+    failed = local_forkserver_launcher(commands, max_jobs=2)
+    monkeypatch.undo()
+
+    assert failed == commands
+    assert len(found) == 3
+    assert_all_gone(found)
+    assert f"exit {-signal.SIGKILL}: log {logs[0]}" in capsys.readouterr().err
+
+
 def _launch(tmp_path: Path, steps: int) -> subprocess.Popen:
     """DomainBed's sweep with local_forkserver, started as a user starts it."""
     sweep = [sys.executable, "-m", "domainbed.scripts.sweep", "launch", "--datasets",
@@ -170,3 +191,41 @@ def test_a_server_that_touched_cuda_refuses_and_leaves_the_jobs_unlaunched(tmp_p
 
     assert "cannot fork training jobs: torch.cuda is initialized" in capfd.readouterr().err
     assert not any(job_dir.exists() for job_dir in job_dirs)
+
+
+def test_lpa_domainbed_sweep_runs_local_forkserver_and_forked_jobs_load_no_tooling(tmp_path):
+    """``lpa-domainbed sweep --launcher local_forkserver``: every job forked and done, the lock
+    released; a forked job, like a plain train process, has no ``lpa_domainbed.tools`` module
+    (a plugin's atexit handler, inherited through the fork, writes what each job loaded)."""
+    plugin = tmp_path / "report_modules.py"
+    plugin.write_text(
+        "import atexit, os, sys\n"
+        "def _report():\n"
+        "    if '--test_envs' not in sys.argv:  # not a train job\n"
+        "        return\n"
+        "    tools = sorted(m for m in sys.modules if m.startswith('lpa_domainbed.tools'))\n"
+        f"    with open(os.path.join({str(tmp_path)!r}, f'modules-{{os.getpid()}}.txt'),"
+        " 'w') as out:\n"
+        "        out.write(repr(tools))\n"
+        "atexit.register(_report)\n")
+    sweep_file = tmp_path / "s.toml"
+    sweep_file.write_text('name = "s"\ndatasets = ["Debug28"]\nalgorithms = ["ERM"]\n'
+                          "n_trials = 1\nn_hparams = 1\nsteps = 1\n"
+                          'command_launcher = "local"\nhparams = {batch_size = 4}\n')
+    out = tmp_path / "my sweep"
+    run = subprocess.run(
+        [sys.executable, "-m", "lpa_domainbed.tools.cli", "sweep", str(sweep_file),
+         "--data_dir", str(tmp_path), "--output_dir", str(out), "--launcher",
+         "local_forkserver"], capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, PATH=BARE_PATH, LPA_DOMAINBED_JOBS="3",
+                 LPA_DOMAINBED_PLUGINS=str(plugin)))
+
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "[local_forkserver] 3/3 finished (0 failed)" in run.stdout
+    assert "subprocesses" not in run.stderr  # every job was forked
+    job_dirs = [path for path in out.iterdir() if path.is_dir()]
+    assert len(job_dirs) == 3
+    assert all((d / "done").is_file() and (d / "launcher.log").is_file() for d in job_dirs)
+    assert not list(out.glob(".lpa-domainbed-sweep.lock"))
+    reports = [path.read_text() for path in tmp_path.glob("modules-*.txt")]
+    assert reports == ["[]"] * 3, reports

@@ -10,7 +10,7 @@ the list of commands that failed.
   no Slurm (:func:`.submitit_launcher.submitit_launcher`; submitit is imported only when it
   runs). The function is not re-exported here: its name is also its module's name.
 
-Both read their settings from environment variables; :func:`validate_settings` checks them
+All read their settings from environment variables; :func:`validate_settings` checks them
 (a command line tool calls it before starting DomainBed's sweep).
 """
 

@@ -7,9 +7,12 @@ one child per ``python -m domainbed.scripts.train ...`` command, at most
 ``LPA_DOMAINBED_JOBS`` at a time. Each child runs the train script as ``__main__`` with the
 command's arguments, in a session of its own, logging to the job's ``launcher.log``.
 
-Everything a user sees is ``local_parallel``'s: the same log location, environment
-(``OMP_NUM_THREADS=1`` ...), progress lines, failure report, return value (the failed
-commands), and Ctrl-C / SIGTERM (every job's group stopped, one line, exit status 130).
+Everything a user sees is ``local_parallel``'s, as both run :func:`.local_parallel.run_locally`
+(only the way a job starts differs, :class:`ForkStarter`): the same log location (job
+directories from DomainBed's ``Job`` objects, an earlier attempt moved to ``attempt-<n>/``),
+environment (``OMP_NUM_THREADS=1`` ...), progress lines, failure report, return value (the
+failed commands), and Ctrl-C / SIGTERM / SIGHUP (every job's group stopped, one line, exit
+status 130).
 A command that is not a train command of this environment's interpreter (another
 interpreter, shell syntax) runs as a normal subprocess, as ``local_parallel`` runs it.
 """
@@ -26,20 +29,17 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 
+from lpa_domainbed.tools.launchers import forkserver_server as _forkserver_server
 from lpa_domainbed.tools.launchers.forkserver_server import TRAIN_MODULE
-from lpa_domainbed.tools.launchers.local_parallel import _child_env, _log_path
-from lpa_domainbed.tools.launchers.processes import ignoring_ctrl_c, interrupted, start_job, stop_jobs
-from lpa_domainbed.tools.launchers.settings import (job_output_dir, num_parallel_jobs,
-                                                    remove_empty_job_dirs, settings_or_cleanup)
+from lpa_domainbed.tools.launchers.local_parallel import Starter, _child_env, run_locally
+from lpa_domainbed.tools.launchers.processes import signal_group, stop_jobs
+from lpa_domainbed.tools.launchers.settings import num_parallel_jobs, settings_or_cleanup
 from lpa_domainbed.tools.runinfo import env_with_python
 
-__all__ = ["ForkServer", "local_forkserver_launcher", "train_arguments"]
+__all__ = ["ForkServer", "ForkStarter", "local_forkserver_launcher", "train_arguments"]
 
-_POLL_SECONDS = 0.2
 _PREFIX = "[local_forkserver]"
 # Outside single quotes, a command DomainBed builds holds only shlex.quote's safe characters.
 _SINGLE_QUOTED = re.compile(r"'[^']*'")
@@ -69,8 +69,14 @@ class ForkServer:
     def __init__(self, env: dict):
         requests_read, self._requests = os.pipe()
         self._events, events_write = os.pipe()
-        code = ("from lpa_domainbed.tools.launchers.forkserver_server import serve, run_job\n"
-                f"run_job(serve({requests_read}, {events_write}))\n")
+        # Loaded from its file, not as lpa_domainbed.tools.launchers.forkserver_server: the
+        # package would bring the launchers (tooling) into every forked train process.
+        path = _forkserver_server.__file__
+        code = (f"import importlib.util as u, sys\n"
+                f"s = u.spec_from_file_location('_lpa_forkserver', {path!r})\n"
+                f"m = sys.modules[s.name] = u.module_from_spec(s)\n"
+                f"s.loader.exec_module(m)\n"
+                f"m.run_job(m.serve({requests_read}, {events_write}))\n")
         self.process = subprocess.Popen(
             [sys.executable, "-c", code], env=env_with_python(sys.executable, env),
             stdin=subprocess.DEVNULL, start_new_session=True,
@@ -135,7 +141,10 @@ class ForkedJob:
     @property
     def returncode(self) -> int | None:
         if self.index not in self.server.exits and self.server.ended:
-            return -signal.SIGKILL  # the server died and took the job with it
+            # The server died (the OOM killer, a kill): its jobs cannot report an exit status.
+            # Stop the job's group, lest it run on unwatched, and count it as killed.
+            signal_group(self.pid, signal.SIGKILL)
+            self.server.exits[self.index] = -signal.SIGKILL
         return self.server.exits.get(self.index)
 
     def poll(self) -> int | None:
@@ -152,30 +161,35 @@ class ForkedJob:
         return self.returncode
 
 
-def _raise_ctrl_c(signum, _frame):
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+class ForkStarter(Starter):
+    """Train commands of this environment are forked from a :class:`ForkServer`, started at
+    the first of them; other commands run as ``local_parallel`` runs them."""
 
+    prefix = _PREFIX
 
-@contextlib.contextmanager
-def _sigterm_as_ctrl_c():
-    """SIGTERM (``kill``, a scheduler) stops the launch as Ctrl-C does (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_ctrl_c)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def __init__(self, env: dict, plans: list[list[str] | None]):
+        super().__init__(env)
+        self.plans, self.server = plans, None
+
+    def start(self, index: int, command: str, log: str):
+        if self.plans[index] is None:
+            return super().start(index, command, log)
+        self.server = self.server or ForkServer(self.env)
+        return self.server.submit(index, self.plans[index], log), None
+
+    def close(self, stop: bool = False) -> None:
+        if self.server:
+            self.server.close(stop=stop)
+            self.server = None
 
 
 def local_forkserver_launcher(commands: list[str], max_jobs: int | None = None) -> list[str]:
     """Run ``commands`` with at most ``max_jobs`` (default: ``LPA_DOMAINBED_JOBS``) at once,
     train commands forked from one server. Returns the commands that failed (non-zero exit);
-    a failed job does not stop the others. Ctrl-C or SIGTERM stops the running jobs and
-    raises SystemExit(130)."""
+    a failed job does not stop the others. Ctrl-C, SIGTERM or SIGHUP stops the running jobs
+    and raises SystemExit(130)."""
     commands = list(commands)
-    max_jobs = max_jobs or settings_or_cleanup(commands, "local_parallel", num_parallel_jobs)
+    jobs_setting = settings_or_cleanup(commands, "local_forkserver", num_parallel_jobs)
     env = _child_env()
     plans = [train_arguments(command, env) for command in commands]
     others = sum(argv is None for argv in plans)
@@ -183,66 +197,4 @@ def local_forkserver_launcher(commands: list[str], max_jobs: int | None = None) 
         print(f"{_PREFIX} {others} of {len(commands)} commands are not '<python> -m "
               f"{TRAIN_MODULE} ...' of this environment: they run as subprocesses",
               file=sys.stderr, flush=True)
-    total, fallback_dir, server = len(commands), None, None
-    pending, running, failed = list(enumerate(commands)), {}, []
-    done, start, last_report = 0, time.time(), (-1, -1, 0.0)
-
-    def report():
-        """One line whenever a job finishes, and at least every 30 s."""
-        nonlocal last_report
-        finished, now = done + len(failed), time.time()
-        if (finished, len(failed)) != last_report[:2] or now - last_report[2] > 30:
-            print(f"{_PREFIX} {finished}/{total} finished ({len(failed)} failed), "
-                  f"{len(running)} running, {len(pending)} waiting, {now - start:.0f}s",
-                  flush=True)
-            last_report = (finished, len(failed), now)
-
-    try:
-        with _sigterm_as_ctrl_c():
-            while pending or running:
-                for proc in [p for p in running if p.poll() is not None]:
-                    index, command, log, handle = running.pop(proc)
-                    if handle:
-                        handle.close()
-                    if proc.returncode == 0:
-                        done += 1
-                    else:
-                        failed.append((command, log, proc.returncode))
-                        print(f"{_PREFIX} job {index} failed (exit {proc.returncode}); log: "
-                              f"{log}", file=sys.stderr, flush=True)
-                while pending and len(running) < max_jobs:
-                    index, command = pending[0]
-                    if fallback_dir is None and job_output_dir(command) is None:
-                        fallback_dir = tempfile.mkdtemp(prefix="lpa_domainbed_logs_")
-                    log = _log_path(command, fallback_dir, index)
-                    if plans[index] is None:
-                        handle = open(log, "w")
-                        proc = start_job(command, stdout=handle, stderr=subprocess.STDOUT,
-                                         env=env)
-                    else:
-                        server = server or ForkServer(env)
-                        handle, proc = None, server.submit(index, plans[index], log)
-                    pending.pop(0)
-                    running[proc] = (index, command, log, handle)
-                report()
-                time.sleep(_POLL_SECONDS)
-    except KeyboardInterrupt:
-        with ignoring_ctrl_c():
-            stop_jobs(list(running))
-            for _, _, _, handle in running.values():
-                if handle:
-                    handle.close()
-            if server:
-                server.close(stop=True)
-        raise interrupted(_PREFIX, len(running), done + len(failed)) from None
-    except RuntimeError:  # the server could not start: leave the unstarted jobs unlaunched
-        stop_jobs(list(running))
-        remove_empty_job_dirs([command for _, command in pending])
-        raise
-    if server:
-        server.close()
-    if failed:
-        print(f"{_PREFIX} {len(failed)} of {total} jobs failed:", file=sys.stderr)
-        for command, log, code in failed:
-            print(f"  exit {code}: log {log}", file=sys.stderr)
-    return [command for command, _, _ in failed]
+    return run_locally(commands, max_jobs or jobs_setting, ForkStarter(env, plans))

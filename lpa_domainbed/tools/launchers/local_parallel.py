@@ -5,6 +5,10 @@ running (default: the number of CPU cores), writes one log per job, prints progr
 failed jobs with their log, and on Ctrl-C (or SIGTERM, SIGHUP) stops every job (see
 :mod:`.processes`) and ends the sweep with one line. Jobs get this process's environment
 (``LPA_DOMAINBED_PLUGINS`` included) with the sweep's interpreter first on PATH.
+
+The loop that does all of this, :func:`run_locally`, takes the way a job starts as an
+argument (a :class:`Starter`): ``local_parallel`` starts a shell per command,
+``local_forkserver`` (:mod:`.forkserver`) forks training jobs from a server.
 """
 
 from __future__ import annotations
@@ -15,15 +19,15 @@ import sys
 import tempfile
 import time
 
-from lpa_domainbed.tools.launchers.jobs import job_output_dirs, start_clean
+from lpa_domainbed.tools.launchers.jobs import (job_output_dirs, remove_empty_job_dirs,
+                                                start_clean)
 from lpa_domainbed.tools.launchers.processes import (ignoring_ctrl_c, interrupted, start_job,
                                                      stop_jobs, stop_signals_as_ctrl_c)
 from lpa_domainbed.tools.launchers.settings import num_parallel_jobs, settings_or_cleanup
 
-__all__ = ["local_parallel_launcher"]
+__all__ = ["Starter", "local_parallel_launcher", "run_locally"]
 
 _POLL_SECONDS = 0.2
-_PREFIX = "[local_parallel]"
 
 
 def _log_path(out_dir: str | None, fallback_dir: str, index: int) -> str:
@@ -44,65 +48,105 @@ def _child_env() -> dict:
     return env
 
 
-def local_parallel_launcher(commands: list[str], max_jobs: int | None = None) -> list[str]:
-    """Run ``commands`` (shell strings) with at most ``max_jobs`` (default:
-    ``LPA_DOMAINBED_JOBS``) at once. Returns the commands that failed (non-zero exit); a failed
-    job does not stop the others. Ctrl-C stops the running jobs and raises SystemExit(130)."""
-    commands = list(commands)
-    jobs_setting = settings_or_cleanup(commands, "local_parallel", num_parallel_jobs)
-    max_jobs = max_jobs or jobs_setting
-    total = len(commands)
-    fallback_dir = None
-    env = _child_env()
+class Starter:
+    """How :func:`run_locally` starts a job: here, a shell of its own process group (see
+    :func:`.processes.start_job`) writing to the job's log. A subclass may start some jobs
+    another way; what it returns needs ``pid``, ``poll()``, ``returncode`` and ``wait()``
+    (used by :func:`.processes.stop_jobs`)."""
+
+    prefix = "[local_parallel]"
+
+    def __init__(self, env: dict):
+        self.env = env
+
+    def start(self, index: int, command: str, log: str):
+        """Start job ``index``; return ``(process, open file to close when it ends, or None)``."""
+        handle = open(log, "w")
+        try:
+            return start_job(command, stdout=handle, stderr=subprocess.STDOUT,
+                             env=self.env), handle
+        except BaseException:
+            handle.close()
+            os.remove(log)  # the job never ran: its directory stays empty, unlaunched
+            raise
+
+    def close(self, stop: bool = False) -> None:
+        """Called once at the end (``stop``: the launch was interrupted or failed)."""
+
+
+def run_locally(commands: list[str], max_jobs: int, starter: Starter) -> list[str]:
+    """Run ``commands`` with at most ``max_jobs`` at once, each started by ``starter``. Returns
+    the commands that failed; Ctrl-C, SIGTERM or SIGHUP stop the running jobs and raise
+    SystemExit(130). Should a job fail to start, the running ones are stopped, the unstarted
+    ones' empty directories removed (a rerun launches them), and the error raised."""
+    prefix, total, fallback_dir = starter.prefix, len(commands), None
     out_dirs = job_output_dirs(commands)
     pending = list(enumerate(commands))
-    running: dict[subprocess.Popen, tuple[int, str, str, object]] = {}
+    running: dict = {}  # process -> (index, command, log, handle)
     failed: list[tuple[str, str, int]] = []
-    done = 0
-    start = time.time()
-    last_report = (-1, -1, 0.0)
+    done, start, last_report = 0, time.time(), (-1, -1, 0.0)
 
     def report():
         """One line whenever a job finishes, and at least every 30 s."""
         nonlocal last_report
-        finished = done + len(failed)
-        now = time.time()
+        finished, now = done + len(failed), time.time()
         if (finished, len(failed)) != last_report[:2] or now - last_report[2] > 30:
-            print(f"{_PREFIX} {finished}/{total} finished ({len(failed)} failed), "
+            print(f"{prefix} {finished}/{total} finished ({len(failed)} failed), "
                   f"{len(running)} running, {len(pending)} waiting, {now - start:.0f}s",
                   flush=True)
             last_report = (finished, len(failed), now)
+
+    def stop_all():
+        stop_jobs(list(running))
+        for _, _, _, handle in running.values():
+            if handle:
+                handle.close()
+        starter.close(stop=True)
 
     try:
         with stop_signals_as_ctrl_c():
             while pending or running:
                 for proc in [p for p in running if p.poll() is not None]:
                     index, command, log, handle = running.pop(proc)
-                    handle.close()
+                    if handle:
+                        handle.close()
                     if proc.returncode == 0:
                         done += 1
                     else:
                         failed.append((command, log, proc.returncode))
-                        print(f"{_PREFIX} job {index} failed (exit {proc.returncode}); log: {log}",
+                        print(f"{prefix} job {index} failed (exit {proc.returncode}); log: {log}",
                               file=sys.stderr, flush=True)
                 while pending and len(running) < max_jobs:
-                    index, command = pending.pop(0)
+                    index, command = pending[0]
                     if fallback_dir is None and out_dirs[index] is None:
                         fallback_dir = tempfile.mkdtemp(prefix="lpa_domainbed_logs_")
                     log = _log_path(out_dirs[index], fallback_dir, index)
-                    handle = open(log, "w")
-                    running[start_job(command, stdout=handle, stderr=subprocess.STDOUT,
-                                      env=env)] = (index, command, log, handle)
+                    proc, handle = starter.start(index, command, log)
+                    pending.pop(0)
+                    running[proc] = (index, command, log, handle)
                 report()
                 time.sleep(_POLL_SECONDS)
     except KeyboardInterrupt:
         with ignoring_ctrl_c():
-            stop_jobs(list(running))
-            for _, _, _, handle in running.values():
-                handle.close()
-        raise interrupted(_PREFIX, len(running), done + len(failed)) from None
+            stop_all()
+        raise interrupted(prefix, len(running), done + len(failed)) from None
+    except BaseException:
+        with ignoring_ctrl_c():
+            stop_all()
+            remove_empty_job_dirs([command for _, command in pending])
+        raise
+    starter.close()
     if failed:
-        print(f"{_PREFIX} {len(failed)} of {total} jobs failed:", file=sys.stderr)
+        print(f"{prefix} {len(failed)} of {total} jobs failed:", file=sys.stderr)
         for command, log, code in failed:
             print(f"  exit {code}: log {log}", file=sys.stderr)
     return [command for command, _, _ in failed]
+
+
+def local_parallel_launcher(commands: list[str], max_jobs: int | None = None) -> list[str]:
+    """Run ``commands`` (shell strings) with at most ``max_jobs`` (default:
+    ``LPA_DOMAINBED_JOBS``) at once. Returns the commands that failed (non-zero exit); a failed
+    job does not stop the others. Ctrl-C stops the running jobs and raises SystemExit(130)."""
+    commands = list(commands)
+    jobs_setting = settings_or_cleanup(commands, "local_parallel", num_parallel_jobs)
+    return run_locally(commands, max_jobs or jobs_setting, Starter(_child_env()))

@@ -17,8 +17,8 @@ import time
 
 from lpa_domainbed.tools.runinfo import env_with_python
 
-__all__ = ["ignoring_ctrl_c", "interruptible_children", "interrupted", "start_job",
-           "stop_jobs", "stop_signals_as_ctrl_c"]
+__all__ = ["ignoring_ctrl_c", "interruptible_children", "interrupted", "signal_group",
+           "start_job", "stop_jobs", "stop_signals_as_ctrl_c"]
 
 GRACE_SECONDS = 5.0
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -33,7 +33,7 @@ def start_job(command: str, **popen_kwargs) -> subprocess.Popen:
                             **popen_kwargs)
 
 
-def _signal_group(pid: int, signum: int) -> None:
+def signal_group(pid: int, signum: int) -> None:
     try:
         os.killpg(pid, signum)
     except (ProcessLookupError, PermissionError):
@@ -44,7 +44,7 @@ def stop_jobs(processes: list[subprocess.Popen], grace: float = GRACE_SECONDS) -
     """SIGTERM each job's process group, wait up to ``grace`` seconds for all of them, then
     SIGKILL each group (also reaching background children of a shell that has exited)."""
     for process in processes:
-        _signal_group(process.pid, signal.SIGTERM)
+        signal_group(process.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     for process in processes:
         try:
@@ -52,7 +52,7 @@ def stop_jobs(processes: list[subprocess.Popen], grace: float = GRACE_SECONDS) -
         except subprocess.TimeoutExpired:
             pass
     for process in processes:
-        _signal_group(process.pid, signal.SIGKILL)
+        signal_group(process.pid, signal.SIGKILL)
         process.wait()
 
 

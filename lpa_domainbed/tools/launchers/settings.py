@@ -77,7 +77,8 @@ def _read(environ: Mapping[str, str], name: str, parse: Callable[[str], Any], ex
 
 
 def num_parallel_jobs(environ: Mapping[str, str] | None = None) -> int:
-    """``LPA_DOMAINBED_JOBS``: commands ``local_parallel`` runs at once (default: CPU cores)."""
+    """``LPA_DOMAINBED_JOBS``: commands ``local_parallel`` and ``local_forkserver`` run at once
+    (default: CPU cores)."""
     return _read(os.environ if environ is None else environ, "LPA_DOMAINBED_JOBS",
                  _int_at_least(1), "a positive integer (jobs running at once)",
                  os.cpu_count() or 1)
@@ -136,10 +137,10 @@ def slurm_settings(environ: Mapping[str, str] | None = None) -> SlurmSettings:
 
 def validate_settings(launcher: str | None = None,
                       environ: Mapping[str, str] | None = None) -> None:
-    """Check the settings of ``launcher`` (``local_parallel``, ``submitit``; None: both; any
-    other name, such as DomainBed's own launchers: nothing). Raises ValueError naming the
+    """Check the settings of ``launcher`` (``local_parallel``, ``local_forkserver``,
+    ``submitit``; None: all; any other name, such as DomainBed's own launchers: nothing). Raises ValueError naming the
     variable and what to set, or ModuleNotFoundError when ``submitit`` is not installed."""
-    if launcher in (None, "local_parallel"):
+    if launcher in (None, "local_parallel", "local_forkserver"):
         num_parallel_jobs(environ)
     if launcher in (None, "submitit"):
         slurm_settings(environ)
