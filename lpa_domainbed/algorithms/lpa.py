@@ -35,6 +35,7 @@ from lpa_domainbed.algorithms import ALGORITHMS
 from lpa_domainbed.algorithms.base import ActivationPerturbation, flat_norms, require
 from lpa_domainbed.hparams import merge_specs
 from lpa_domainbed.perturb import pgd
+from lpa_domainbed.perturb.direction import DIRECTIONS, norm_cone, project_cone
 
 __all__ = ["LPA", "LPL", "LPA_LPL", "LPA_Amortized"]
 
@@ -75,6 +76,8 @@ class LPA(ActivationPerturbation):
             hp.HParam("lpa_stat_momentum", 0.9, hp.fixed(0.9), "EMA momentum of s_c"),
             hp.HParam("lpa_bn_stats", "batch", hp.fixed("batch"),
                       "BatchNorm statistics in the search: batch | clean (ours)"),
+            hp.HParam("lpa_direction", "loss", hp.fixed("loss"),
+                      "loss (eqs. 8-11) | conjecture (eqs. 6-7 as a cone on delta_c; ours)"),
         ])
 
     def check_hparams(self):
@@ -90,8 +93,11 @@ class LPA(ActivationPerturbation):
         for name, allowed in (("lpa_split", SPLITS), ("lpa_bound", BOUNDS),
                               ("lpa_radius", RADII), ("lpa_mode", MODES),
                               ("lpa_layer_select", LAYER_SELECTION),
-                              ("lpa_bn_stats", BN_STATS)):
+                              ("lpa_bn_stats", BN_STATS), ("lpa_direction", DIRECTIONS)):
             require(h, name, h[name] in allowed, f"one of {allowed}")
+        require(h, "lpa_direction", h["lpa_direction"] == "loss" or (
+            h["lpa_mode"] == "exact" and not h["lpa_lowrank"]), "'loss' with lpa_mode="
+            "'amortized' or lpa_lowrank > 0 ('conjecture' needs the exact, full-rank search)")
 
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
@@ -172,8 +178,13 @@ class LPA(ActivationPerturbation):
                 ctx.clean_logits = logits.detach()
             return logits
 
+        direction = None
+        if self.hparams["lpa_direction"] == "conjecture":  # eqs. 6-7: a cone on each delta_c
+            cone = norm_cone(a, groups, sign, radius)
+            direction = functools.partial(project_cone, axis=cone[0], k=cone[1])
         delta, clean = pgd.l2_pgd(tail, a, y, groups, radius, sign,
-                                  int(self.hparams["lpa_steps"]), self.hparams["lpa_lowrank"])
+                                  int(self.hparams["lpa_steps"]), self.hparams["lpa_lowrank"],
+                                  direction=direction)
         ctx.clean_losses[ctx.cut.name] = clean
         return a + delta[groups].to(a.dtype)
 

@@ -88,7 +88,8 @@ def flat_basis(per_sample_grads: torch.Tensor, groups: torch.Tensor, num_groups:
 
 
 def l2_pgd(tail, a: torch.Tensor, y: torch.Tensor, groups: torch.Tensor, radius: torch.Tensor,
-           sign: torch.Tensor, steps: int, lowrank: float = 0.0, clean_graph: bool = False):
+           sign: torch.Tensor, steps: int, lowrank: float = 0.0, clean_graph: bool = False,
+           direction=None):
     """``T = steps`` normalized l2 PGD steps on a perturbation shared within each group.
 
     Args:
@@ -100,6 +101,8 @@ def l2_pgd(tail, a: torch.Tensor, y: torch.Tensor, groups: torch.Tensor, radius:
         lowrank: ``k / d`` ratio of :func:`low_rank` (0: full rank).
         clean_graph: if True, ``tail`` is first called on ``a`` itself with the graph kept, and
             the clean per-sample losses returned carry it (ADA trains on them too).
+        direction: ``delta [G, ...] -> delta``, a projection applied before the ball's after
+            every step (``lpa_direction = 'conjecture'``: :mod:`lpa_domainbed.perturb.direction`).
 
     Returns:
         ``(delta [G, ...] float32, clean per-sample losses [B])``.
@@ -132,5 +135,7 @@ def l2_pgd(tail, a: torch.Tensor, y: torch.Tensor, groups: torch.Tensor, radius:
         delta = delta + _bshape(sign * kappa, delta) * unit(g_mean)
         if lowrank:
             delta = low_rank(delta, lowrank, basis)
+        if direction is not None:
+            delta = direction(delta)
         delta = project(delta, radius)
     return delta, clean
