@@ -14,6 +14,7 @@ hold it beside LPA and its difference is measured with a paired interval. They a
 
 from __future__ import annotations
 
+from lpa_domainbed import hparams as hp
 from lpa_domainbed.algorithms import ALGORITHMS
 from lpa_domainbed.algorithms.lpa import LPA
 
@@ -28,14 +29,22 @@ class LPA_Conjecture(LPA):
     """LPA whose search keeps Conjectures 1-2 (``lpa_direction = 'conjecture'``)."""
 
     STUDY_VARIANT = True
-    HPARAM_DEFAULTS = {"lpa_direction": "conjecture"}
+
+    @classmethod
+    def hparam_specs(cls, dataset=None):
+        return hp.merge_specs(super().hparam_specs(dataset), [
+            hp.HParam("lpa_direction", "conjecture", hp.fixed("conjecture"), "eqs. 6-7")])
 
 
 class LPA_BF16(LPA):
     """LPA with the bfloat16 search (``lpa_search_precision = 'bfloat16'``)."""
 
     STUDY_VARIANT = True
-    HPARAM_DEFAULTS = {BF16_HPARAM: "bfloat16"}
+
+    @classmethod
+    def hparam_specs(cls, dataset=None):
+        return hp.merge_specs(super().hparam_specs(dataset), [
+            hp.HParam(BF16_HPARAM, "bfloat16", hp.fixed("bfloat16"), "bfloat16 search")])
 
 
 if any(spec.name == BF16_HPARAM for spec in LPA.hparam_specs()):
