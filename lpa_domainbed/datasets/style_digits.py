@@ -20,7 +20,7 @@ geometry (no rotation: that is RotatedDigits' shift):
 * ``texture`` (art painting): the stroke filled with an oriented stripe texture of random
   angle, period and colour, on a background of smooth coloured blobs.
 
-Held out, ``sketch`` and ``texture`` are the hard domains (measured in docs/algorithms.md).
+ERM held out versus in-domain, per domain: docs/datasets.md.
 """
 
 from __future__ import annotations
