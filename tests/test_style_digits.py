@@ -144,3 +144,16 @@ def test_conjecture_needs_the_exact_full_rank_search():
         hparams.update(extra)
         with pytest.raises(ValueError, match="lpa_direction='conjecture' is invalid"):
             algorithms.get_algorithm_class("LPA_Conjecture")((64,), 4, 2, hparams)
+
+
+def test_norm_study_reports_both_readings_and_the_conjecture_holds_per_class():
+    from lpa_domainbed.tools import norm_study
+
+    out = norm_study.measure(steps=3, seed=0, dataset="RotatedDigits", batch=8)
+    assert set(out) == set(norm_study.READINGS)
+    conj = out["conjecture"]
+    assert len(conj["positive"]) + len(conj["negative"]) == 10
+    assert all(r >= 1 for r in conj["positive"]) and all(r <= 1 for r in conj["negative"])
+    assert len(conj["loss_change_positive"]) == len(conj["positive"])
+    assert out["loss"]["positive"] != conj["positive"] or out["loss"]["negative"] != conj[
+        "negative"]
