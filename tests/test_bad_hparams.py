@@ -28,7 +28,21 @@ ROWS = [
     ("ERM", None, ["--test_envs", "7"], 1,
      "--test_envs 7: RotatedDigits has no such domain; valid indices are 0, 1, 2, 3"),
     ("ERM", None, ["--test_envs", "-1"], 1, "--test_envs -1: RotatedDigits has no such domain"),
-    ("ERM", None, ["--holdout_fraction", "1.0"], 1, "--holdout_fraction holds every example"),
+    ("ERM", None, ["--test_envs", "0", "1", "2", "3"], 1,
+     "--test_envs 0 1 2 3 holds out every domain of RotatedDigits"),
+    ("ERM", None, ["--holdout_fraction", "1.0"], 1, "--holdout_fraction 1.0: the fraction of "
+     "each domain held out for validation must be in [0, 1)"),
+    ("ERM", None, ["--holdout_fraction", "-0.1"], 1, "--holdout_fraction -0.1: the fraction"),
+    ("ERM", None, ["--holdout_fraction", "nan"], 1, "--holdout_fraction nan: the fraction"),
+    # the same refusals on the style-shift dataset (the later --dataset wins)
+    ("ERM", None, ["--dataset", "StyleDigits", "--test_envs", "0", "1", "2", "3"], 1,
+     "--test_envs 0 1 2 3 holds out every domain of StyleDigits (plain, colour, sketch, texture)"),
+    ("ERM", None, ["--dataset", "StyleDigits", "--test_envs", "4"], 1,
+     "--test_envs 4: StyleDigits has no such domain"),
+    ("ERM", None, ["--dataset", "StyleDigits", "--holdout_fraction", "-0.1"], 1,
+     "--holdout_fraction -0.1: the fraction"),
+    ("LPA_Conjecture", {"lpa_mode": "amortized"}, [], 1,
+     "hparam lpa_direction='conjecture' is invalid"),
     # a run whose training loss overflows stops instead of finishing a meaningless run
     ("LPA", {"lr": 1e30}, ["--steps", "3"], 1, "LPA: the training loss is nan at step 1"),
     # values an HParam refuses (its choices, its check): one message naming what is allowed

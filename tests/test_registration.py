@@ -86,7 +86,8 @@ def test_a_clash_found_when_copying_is_refused_with_one_warning(capsys):
     assert "DomainBed's built-in domainbed.algorithms.ERM" in err
 
 
-@pytest.mark.parametrize("dataset", ["RotatedMNIST", "PACS", "VLCS", "RotatedDigits"])
+@pytest.mark.parametrize("dataset", ["RotatedMNIST", "PACS", "VLCS", "RotatedDigits",
+                                     "StyleDigits"])
 @pytest.mark.parametrize("algorithm", ["ERM", "DANN", "Mixup", "CORAL"])
 def test_builtin_hparams_are_exactly_domainbeds_own(algorithm, dataset):
     from domainbed import hparams_registry
@@ -95,10 +96,10 @@ def test_builtin_hparams_are_exactly_domainbeds_own(algorithm, dataset):
     for seed in (0, 1, 12345):
         ours = hparams_registry._hparams(algorithm, dataset, seed)
         theirs = original(algorithm, dataset, seed)
-        if dataset == "RotatedDigits":  # DomainBed has no entry for our dataset's lr etc.
-            from lpa_domainbed.datasets.rotated_digits import RotatedDigits
+        if dataset in ("RotatedDigits", "StyleDigits"):  # DomainBed has no entry for ours
+            from lpa_domainbed.datasets import DATASETS
 
-            for spec in RotatedDigits.HPARAMS:
+            for spec in DATASETS[dataset].HPARAMS:
                 theirs.pop(spec.name, None), ours.pop(spec.name)
         assert ours == theirs
 

@@ -31,14 +31,16 @@ layer selection (:meth:`LPA.select_layer`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 
 from lpa_domainbed import hparams as hp
 from lpa_domainbed.algorithms import ALGORITHMS
-from lpa_domainbed.algorithms.base import ActivationPerturbation, flat_norms
+from lpa_domainbed.algorithms.base import ActivationPerturbation, flat_norms, require
 from lpa_domainbed.algorithms.lpa_parts import ClassStatistics, LayerChoice
 from lpa_domainbed.perturb import pgd
+from lpa_domainbed.perturb.direction import DIRECTIONS, norm_cone, project_cone
 
 __all__ = ["LPA", "LPL", "LPA_LPL"]
 
@@ -92,7 +94,15 @@ class LPA(ActivationPerturbation):
                       "ours)", choices=BN_STATS),
             hp.HParam("lpa_search_precision", "float32", doc="the search's tail evaluations "
                       "(autocast)", choices=pgd.PRECISIONS),
+            hp.HParam("lpa_direction", "loss", doc="loss (eqs. 8-11) | conjecture (eqs. 6-7 as a "
+                      "cone on delta_c; ours)", choices=DIRECTIONS),
         ]
+
+    def check_hparams(self):
+        h = self.hparams
+        require(h, "lpa_direction", h["lpa_direction"] == "loss" or (
+            h["lpa_mode"] == "exact" and not h["lpa_lowrank"]), "'loss' with lpa_mode="
+            "'amortized' or lpa_lowrank > 0 ('conjecture' needs the exact, full-rank search)")
 
     def __new__(cls, input_shape=None, num_classes=None, num_domains=None, hparams=None):
         # lpa_mode = amortized on an exact class builds its amortized variant (the same
@@ -158,9 +168,15 @@ class LPA(ActivationPerturbation):
                 self._pass.clean_logits = logits.detach()
             return logits
 
-        delta, clean = pgd.l2_pgd(evaluate, a, y, y, radius, self.statistics.signs(),
+        signs = self.statistics.signs()
+        projection = pgd.l2_ball(radius)
+        if h["lpa_direction"] == "conjecture":  # eqs. 6-7: a cone on each delta_c, then the ball
+            axis, k = norm_cone(a, y, signs, radius)
+            projection = pgd.compose(functools.partial(project_cone, axis=axis, k=k), projection)
+        delta, clean = pgd.l2_pgd(evaluate, a, y, y, radius, signs,
                                   int(h["lpa_steps"]), lowrank=h["lpa_lowrank"],
-                                  precision=h["lpa_search_precision"], counts=step.counts)
+                                  precision=h["lpa_search_precision"], counts=step.counts,
+                                  projection=projection)
         if self._pass.clean_losses is None:
             self._pass.clean_losses = clean
         return a + delta[y].to(a.dtype)

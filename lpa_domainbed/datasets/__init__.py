@@ -8,7 +8,7 @@ __all__ = ["DATASETS", "MODULES", "load"]
 DATASETS: Registry = Registry("dataset", reserved=taken_in("domainbed.datasets"))
 
 #: The package's dataset modules (each registers on import).
-MODULES = ("rotated_digits",)
+MODULES = ("rotated_digits", "style_digits")
 
 
 def load() -> Registry:

@@ -9,9 +9,6 @@ so a whole leave-one-domain-out sweep fits in minutes on two cores.
 
 from __future__ import annotations
 
-import gzip
-import importlib.resources
-
 import numpy as np
 import torch
 from domainbed import datasets as db_datasets
@@ -21,28 +18,11 @@ from torchvision.transforms.functional import rotate
 
 from lpa_domainbed import hparams as hp
 from lpa_domainbed.datasets import DATASETS
+from lpa_domainbed.datasets.digits import check_train_args, load_digits
 
 __all__ = ["RotatedDigits", "load_digits"]
 
 _SHUFFLE_SEED = 0
-
-
-def load_digits() -> tuple[np.ndarray, np.ndarray]:
-    """Return scikit-learn's digits as ``(images [N, 8, 8] in [0, 1], labels [N])``.
-
-    Reads the CSV inside the installed scikit-learn package directly, so importing
-    scikit-learn itself (slow) is not needed.
-    """
-    try:
-        path = importlib.resources.files("sklearn.datasets") / "data" / "digits.csv.gz"
-        with path.open("rb") as raw, gzip.open(raw) as f:
-            table = np.loadtxt(f, delimiter=",", dtype=np.float32)
-    except (ModuleNotFoundError, FileNotFoundError) as e:
-        raise RuntimeError(
-            "RotatedDigits reads scikit-learn's bundled digits; install it with "
-            "'pip install scikit-learn' (it is a dependency of lpa-domainbed)") from e
-    images = table[:, :-1].reshape(-1, 8, 8) / 16.0
-    return images, table[:, -1].astype(np.int64)
 
 
 @DATASETS.register("RotatedDigits")
@@ -71,13 +51,7 @@ class RotatedDigits(db_datasets.MultipleDomainDataset):
 
     def __init__(self, root, test_envs, hparams):
         super().__init__()
-        valid = range(len(self.ENVIRONMENTS))
-        wrong = [e for e in test_envs if e not in valid]
-        if wrong:  # DomainBed would train on every domain and hold none out
-            raise ValueError(
-                f"--test_envs {' '.join(map(str, wrong))}: RotatedDigits has no such domain; "
-                f"valid indices are {', '.join(map(str, valid))} (domains "
-                f"{', '.join(self.ENVIRONMENTS)} degrees)")
+        check_train_args("RotatedDigits", self.ENVIRONMENTS, test_envs, unit="°")
         images, labels = load_digits()
         order = np.random.RandomState(_SHUFFLE_SEED).permutation(len(images))
         self.datasets = []

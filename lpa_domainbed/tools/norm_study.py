@@ -1,55 +1,89 @@
 """Do positive/negative classes expand/contract the activation norm (Conjectures 1-2)?
 
-Trains LPA (``lpa_split=mean_accuracy``, so both P_a and N_a are non-empty) on the embedded
-RotatedDigits dataset (MLP, domains 0-2 for training), then reports, per class and via the
-state-free ``probe()``, the ratio ``E|a + delta| / E|a|`` at the default layer.
+Trains LPA (``lpa_split=mean_accuracy``, so both P_a and N_a are non-empty; the default
+``lpa_direction = 'loss'``, eqs. 8-11) on an embedded dataset (RotatedDigits: MLP;
+StyleDigits: MNIST_CNN; domains 0-2 for training), then probes that one network, state-free
+(``probe()`` on all training samples), under each reading of the search (``loss`` and
+``conjecture``) and reports per class, at the default layer, the norm ratio
+``E|a + delta| / E|a|`` and the perturbed-loss change ``E l(a + delta) - E l(a)``.
 
-    python -m lpa_domainbed.tools.norm_study [steps] [seed]
+    python -m lpa_domainbed.tools.norm_study [steps] [seed] [--dataset StyleDigits]
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
+import json
 
 import torch
 
-__all__ = ["measure"]
+__all__ = ["measure", "READINGS"]
+
+#: the values of ``lpa_direction`` compared
+READINGS = ("loss", "conjecture")
 
 
-def measure(steps: int = 300, seed: int = 0, eps: float = 0.3) -> dict:
-    """Per-class norm ratios after ``steps`` updates: ``{"positive": [...], "negative": [...]}``."""
-    from domainbed import algorithms, hparams_registry
+def _train(dataset: str, steps: int, seed: int, eps: float, batch: int):
+    from domainbed import algorithms, datasets, hparams_registry
 
     import lpa_domainbed
-    from lpa_domainbed.datasets.rotated_digits import RotatedDigits
 
     lpa_domainbed.register()
-    data = RotatedDigits(None, [3], {})
-    hparams = hparams_registry.default_hparams("LPA", "RotatedDigits")
+    data = vars(datasets)[dataset](None, [3], {})
+    hparams = hparams_registry.default_hparams("LPA", dataset)
     hparams.update(lpa_split="mean_accuracy", lpa_eps=eps)
     torch.manual_seed(seed)
-    alg = algorithms.get_algorithm_class("LPA")((64,), 10, 3, hparams)
+    alg = algorithms.get_algorithm_class("LPA")(data.input_shape, data.num_classes, 3, hparams)
     g = torch.Generator().manual_seed(seed)
     envs = [data[i].tensors for i in range(3)]
     for _ in range(steps):
-        batch = []
+        batches = []
         for x, y in envs:
-            idx = torch.randint(len(y), (32,), generator=g)
-            batch.append((x[idx], y[idx]))
-        alg.update(batch)
-    x = torch.cat([e[0] for e in envs])
-    y = torch.cat([e[1] for e in envs])
+            idx = torch.randint(len(y), (batch,), generator=g)
+            batches.append((x[idx], y[idx]))
+        alg.update(batches)
+    return alg, torch.cat([e[0] for e in envs]), torch.cat([e[1] for e in envs])
+
+
+def _per_class(alg, x, y) -> dict:
     r = alg.probe(x, y)
     clean, perturbed = r.clean[r.layers[0]], r.perturbed[r.layers[0]]  # the default layer
     positive = alg.statistics.positive()
-    out = {"positive": [], "negative": []}
-    for c in range(10):
+    out = {"positive": [], "negative": [], "loss_change_positive": [], "loss_change_negative": []}
+    for c in range(alg.num_classes):
         rows = y == c
-        ratio = float(perturbed[rows].norm(dim=1).mean() / clean[rows].norm(dim=1).mean())
-        out["positive" if positive[c] else "negative"].append(round(ratio, 4))
+        ratio = float(perturbed[rows].flatten(1).norm(dim=1).mean()
+                      / clean[rows].flatten(1).norm(dim=1).mean())
+        side = "positive" if positive[c] else "negative"
+        out[side].append(round(ratio, 4))
+        change = float(r.perturbed_loss[c] - r.clean_loss[c])
+        out[f"loss_change_{side}"].append(round(change, 4))
     return out
 
 
+def measure(steps: int = 300, seed: int = 0, eps: float = 0.3, dataset: str = "RotatedDigits",
+            batch: int = 32) -> dict:
+    """``{reading: {"positive": [ratio per class], "negative": [...], "loss_change_positive":
+    [...], "loss_change_negative": [...]}}`` for one network trained ``steps`` updates."""
+    alg, x, y = _train(dataset, steps, seed, eps, batch)
+    out = {}
+    for reading in READINGS:
+        alg.hparams["lpa_direction"] = reading
+        out[reading] = _per_class(alg, x, y)
+    alg.hparams["lpa_direction"] = "loss"
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("steps", type=int, nargs="?", default=300)
+    parser.add_argument("seed", type=int, nargs="?", default=0)
+    parser.add_argument("--dataset", default="RotatedDigits")
+    parser.add_argument("--eps", type=float, default=0.3)
+    parser.add_argument("--batch", type=int, default=32, help="per training domain")
+    args = parser.parse_args(argv)
+    print(json.dumps(measure(args.steps, args.seed, args.eps, args.dataset, args.batch)))
+
+
 if __name__ == "__main__":
-    args = [int(a) for a in sys.argv[1:3]]
-    print(measure(*args))
+    main()

@@ -3,8 +3,9 @@
 A sweep file names DomainBed's own sweep arguments (datasets, algorithms, n_trials,
 n_hparams_from, n_hparams, single_test_envs, holdout_fraction, steps, hparams,
 command_launcher). ``"@lpa_domainbed"`` in ``algorithms`` stands for every algorithm this
-package registers. Nothing is re-implemented: jobs are listed with DomainBed's own
-``make_args_list`` and ``Job`` and launched by its sweep script.
+package registers, less its study variants (``STUDY_VARIANT``: named one by one). Nothing
+is re-implemented: jobs are listed with DomainBed's own ``make_args_list`` and ``Job`` and
+launched by its sweep script.
 
 Every file is checked before anything is made (:func:`load_sweep`): key names and types, and
 (``check_names``) that its algorithms, datasets and launcher are registered in DomainBed.
@@ -77,7 +78,8 @@ class SweepSpec:
             if name == PACKAGE_ALGORITHMS:
                 from lpa_domainbed.algorithms import load
 
-                names += [n for n in load() if n not in names]
+                names += [n for n, cls in load().items()  # study variants only by name
+                          if n not in names and not getattr(cls, "STUDY_VARIANT", False)]
             elif name not in names:
                 names.append(name)
         return names
