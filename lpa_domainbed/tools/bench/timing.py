@@ -86,7 +86,7 @@ class TailProbe:
                 for precision in self.reduced:  # the search's tail under autocast
                     t4 = clock()
                     with torch.autocast(z.device.type, dtype=getattr(torch, precision)):
-                        logits = forward.tail(z, cut)
+                        logits = tail(z)
                     losses = F.cross_entropy(logits.float(), y, reduction="none")
                     torch.autograd.grad(losses.sum(), z)
                     times[cut.name][f"tail_{precision}"] = clock() - t4

@@ -71,17 +71,35 @@ def preload() -> None:
 
 
 def cuda_touched() -> str | None:
-    """Why forked children could not use CUDA (the driver was initialized here), else None."""
+    """Why forked children could not use CUDA (the driver was initialized here), else None.
+
+    A loaded driver library (``libcuda``) alone is harmless: some imports load it without
+    initializing it. Then a canary child, forked now, must be able to use CUDA; if it cannot,
+    the driver was initialized here and no job could."""
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
         return "torch.cuda is initialized"
     try:
         with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
-            if "libcuda.so" in maps.read():
-                return "the CUDA driver (libcuda) is loaded, e.g. by torch.cuda.is_available()"
+            loaded = "libcuda.so" in maps.read()
     except OSError:
-        pass
+        loaded = False
+    if loaded and torch is not None and not _forked_child_can_use_cuda(torch):
+        return "the CUDA driver (libcuda) was initialized, e.g. by torch.cuda.is_available()"
     return None
+
+
+def _forked_child_can_use_cuda(torch) -> bool:
+    pid = os.fork()
+    if pid == 0:  # the canary: exit status 0 when CUDA works in a forked child
+        try:
+            torch.zeros(1, device="cuda").add_(1).cpu()
+            code = 0
+        except BaseException:  # noqa: BLE001 - any failure means no
+            code = 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
 class _Server:
