@@ -191,7 +191,7 @@ def test_invalid_hparams_raise_naming_the_hparam(name, hparam, value):
 
 
 def test_only_searching_methods_keep_records_for_the_tail():
-    searching = {"LPA", "LPL", "LPA_LPL", "ADA"}
+    searching = {"LPA", "LPL", "LPA_LPL", "ADA", "LPA_Conjecture", "LPA_BF16"}  # exact PGD searches
     for name in algorithm_names():
         alg = make(name)
         assert any(alg.uses_tail(c) for c in alg.cuts) == (name in searching), name

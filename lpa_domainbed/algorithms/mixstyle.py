@@ -62,7 +62,8 @@ class MixStyle(ActivationPerturbation):
         x = channel_view(a)
         mu, sigma = channel_stats(x, eps=1e-6)
         mu, sigma = mu.detach(), sigma.detach()
-        alpha = torch.tensor(float(h["mixstyle_alpha"]), device=a.device)
+        # torch.full fills on the device; torch.tensor(value, device=cuda) copies from the host
+        alpha = torch.full((), float(h["mixstyle_alpha"]), device=a.device)
         # validate_args=False: the check of alpha would read it back from the device
         beta = torch.distributions.Beta(alpha, alpha, validate_args=False)
         lam = beta.sample((len(a), 1, 1)).to(a.dtype)
