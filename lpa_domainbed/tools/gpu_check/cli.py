@@ -1,6 +1,7 @@
 """``python -m lpa_domainbed.tools.gpu_check`` (``make gpu-check``): the package on a CUDA GPU.
 
-1. every algorithm's tests (``tests/test_algorithms.py``) with the model and batch on the GPU
+1. every algorithm's tests (``tests/test_algorithms.py``) with the model and batch on the GPU,
+   and the sync check of every update (``tests/test_cuda_sync.py``)
    (``LPA_DOMAINBED_TEST_DEVICE=cuda``), sync debug mode on; meanwhile
 2. a few steps of ``python -m domainbed.scripts.train`` per algorithm on DomainBed's Debug224
    (its ResNet-18 with random weights written offline), each ``update``'s synchronizations
@@ -30,7 +31,7 @@ __all__ = ["main", "run_tests", "run_train", "run_bench", "TRAIN_HPARAMS"]
 #: Debug224 builds DomainBed's ResNet; ResNet-18 (random weights) keeps the runs short, and a
 #: batch of 4 per domain fits Debug224's 16 images per domain.
 TRAIN_HPARAMS = {"batch_size": 4, "resnet18": True, "resnet50_augmix": False}
-TEST_FILES = ["tests/test_algorithms.py"]
+TEST_FILES = ["tests/test_algorithms.py", "tests/test_cuda_sync.py"]
 
 
 def _env(**extra) -> dict:
