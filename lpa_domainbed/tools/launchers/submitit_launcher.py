@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -59,7 +60,9 @@ def run_shell_command(command: str, output_dir: str | None = None) -> None:
     moved = start_clean(output_dir)
     if moved:
         print(f"{_PREFIX} an earlier attempt's files were moved to {moved}", flush=True)
-    process = start_job(command)
+    # Slurm sends its time-limit warning (SIGUSR2) to every process of the job: it is meant for
+    # submitit's handler in this process, and would kill the training process unhandled.
+    process = start_job(command, preexec_fn=_ignore_slurm_warning)
     try:
         returncode = process.wait()
     except BaseException:
@@ -67,6 +70,10 @@ def run_shell_command(command: str, output_dir: str | None = None) -> None:
         raise
     if returncode != 0:
         raise subprocess.CalledProcessError(returncode, command)
+
+
+def _ignore_slurm_warning() -> None:
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
 def _failure(error: BaseException) -> str:
