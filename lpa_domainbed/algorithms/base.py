@@ -1,10 +1,10 @@
 """The activation-perturbation base class (paper section 3.2, "a unified view").
 
 Every method here replaces the output ``a`` of a chosen layer ``l`` by ``a~ = a + delta``
-(paper eq. 2; H. Li, "Learning to Perturb Hidden Representations for Generalizable
-Deep Learning", 2026, the paper in ``../shared/paper``; see ``docs/algorithms.md``) during training updates only; they differ in how they choose ``delta``.
-:class:`ActivationPerturbation` is a DomainBed ``ERM`` (same featurizer, classifier, Adam
-optimizer and ``predict``) that does the plumbing, so a new algorithm implements one method::
+(paper eq. 2; see ``docs/algorithms.md``) during training updates only; they differ in how
+they choose ``delta``. :class:`ActivationPerturbation` is a DomainBed ``ERM`` (same featurizer,
+classifier, Adam optimizer and ``predict``) that does the plumbing, so a new algorithm
+implements one method::
 
     class Noise(ActivationPerturbation):
         def perturb(self, a, y, step, tail):
@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from domainbed.algorithms import ERM
 
 from lpa_domainbed import hparams as hp
-from lpa_domainbed.hparams_check import validate
 from lpa_domainbed.algorithms.context import ProbeResult, Step
+from lpa_domainbed.hparams_check import validate
 from lpa_domainbed.perturb.layers import Cut, resolve_cuts
 from lpa_domainbed.perturb.pgd import group_counts, row_norms
 from lpa_domainbed.perturb.tail import CutForward, Tail
@@ -267,10 +267,9 @@ class ActivationPerturbation(ERM):
         """What the next ``update()`` would do to the activations of ``(x, y)``, state-free
         (``cuts``: perturb these layers instead of the next update's).
 
-        Runs in training mode (batch statistics, dropout) but restores the RNG, the train/eval
-        mode and leaves parameters, buffers (BatchNorm running stats), ``.grad``, optimizer
-        state and the algorithm's own running state untouched.
-        """
+        Runs in training mode (batch statistics, dropout) but restores the RNG and the mode, and
+        leaves parameters, buffers, ``.grad``, optimizer state and the algorithm's own state
+        untouched."""
         if domains is None:
             domains = torch.zeros_like(y)
         was_training = self.training
