@@ -175,20 +175,22 @@ def test_a_bfloat16_search_has_its_floor_from_the_bfloat16_tail():
     from lpa_domainbed.tools.bench.floor import floor_ratios
 
     cut = SimpleNamespace(name="featurizer.network.layer3")
-    tails = [{cut.name: {"tail": 0.2, "tail_bfloat16": 0.05, "clean_backward": 0.1}}]
+    # the first bfloat16 evaluation casts the weights (0.05), the later ones reuse them (0.04)
+    tails = [{cut.name: {"tail": 0.2, "tail_bfloat16": 0.05, "tail_bfloat16_cached": 0.04,
+                         "clean_backward": 0.1}}]
     fp32 = SimpleNamespace(search_steps=3, cuts=[cut], hparams={"lpa_steps": 3})
     bf16 = SimpleNamespace(search_steps=3, cuts=[cut],
                            hparams={"lpa_steps": 3, "lpa_search_precision": "bfloat16"})
     assert floor_ratios(fp32, tails, [1.0])["floor_ratio"] == pytest.approx(1.6)
     floor = floor_ratios(bf16, tails, [1.0])
-    assert floor["floor_ratio"] == pytest.approx(1.15)
+    assert floor["floor_ratio"] == pytest.approx(1.13)
     assert floor["tail_ms"] == {cut.name: pytest.approx(50.0)}
     # ADA training on the clean loss: its first tail is that float32 pass
     ada = SimpleNamespace(search_steps=3, cuts=[cut], hparams={
         "ada_clean_weight": 0.5, "ada_search_precision": "bfloat16"})
     floor = floor_ratios(ada, tails, [1.0])
-    assert floor["floor_ratio"] == pytest.approx(1.3)
-    assert floor["floor_with_clean_ratio"] == pytest.approx(1.4)
+    assert floor["floor_ratio"] == pytest.approx(1.29)
+    assert floor["floor_with_clean_ratio"] == pytest.approx(1.39)
 
 
 def test_a_target_for_some_devices_only_is_left_out_on_the_others():
@@ -214,5 +216,5 @@ def test_the_tail_probe_times_the_tail_under_bfloat16_autocast():
     probe = TailProbe(net, ["featurizer.bn2"], "cpu", bench.make_batch(net, "cpu"),
                       Clock("cpu", "cpu"), ("bfloat16", "float32"))
     (times,) = probe.measure().values()
-    assert set(times) == {"tail", "clean_backward", "tail_bfloat16"}
+    assert set(times) == {"tail", "clean_backward", "tail_bfloat16", "tail_bfloat16_cached"}
     assert all(positive_finite(t) for t in times.values())

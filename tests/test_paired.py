@@ -180,6 +180,17 @@ def test_forest_plot_skips_datasets_without_pairs():
     assert plot_forest(rows, "x")[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_forest_plot_with_a_held_out_domain_without_pairs():
+    """A partial sweep: pairs on one held-out domain, none yet on another (its panel says so)."""
+    rows = pd.DataFrame([dict(test_env=env, algorithm="A", label="A", n_pairs=n,
+                              mean_diff=diff, ci_low=np.nan, ci_high=np.nan,
+                              excludes_zero=False)
+                         for env, n, diff in (("0", 1, 0.5), ("1", 0, np.nan))])
+    from lpa_domainbed.tools.paired_plot import plot_forest
+
+    assert plot_forest(rows, "x")[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_pair_compares_two_variants_besides_the_baseline(tmp_path, capsys):
     """--pair A:B adds 'A - B' rows, paired by trial like the baseline's; the rest stays."""
     sweep = write_sweep(tmp_path / "sweep")

@@ -3,6 +3,9 @@ evaluations run under autocast, the perturbations it finds are the float32 searc
 
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import pytest
 
 from conftest import requires_domainbed
@@ -10,6 +13,7 @@ from test_algorithms import batches, make
 
 pytestmark = requires_domainbed
 torch = pytest.importorskip("torch")
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 
 def deltas(name, dataset, precision, per_domain=4, **overrides):
@@ -89,3 +93,46 @@ def test_bfloat16_update_with_clean_statistics(offline_resnet):
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="lpa_search_precision.*float32"):
         make("LPA", lpa_search_precision="float16")
+
+
+class _CastsToBfloat16(TorchDispatchMode):
+    """Counts the bfloat16 copies made of one tensor (autocast's casts reach the dispatcher)."""
+
+    def __init__(self, tensor):
+        super().__init__()
+        self.shape, self.count = tuple(tensor.shape), 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if (func is torch.ops.aten._to_copy.default and tuple(args[0].shape) == self.shape
+                and kwargs.get("dtype") == torch.bfloat16):
+            self.count += 1
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("name", ["LPA", "ADA"])
+def test_search_casts_the_weights_once(name):
+    """The whole search is one autocast region: the tail's weights are cast to bfloat16 once
+    per update, not once per tail evaluation (T of them)."""
+    key = "ada_search_precision" if name == "ADA" else "lpa_search_precision"
+    alg = make(name, "Debug28", **{key: "bfloat16"})
+    assert alg.search_steps >= 2
+    casts = _CastsToBfloat16(alg.classifier.weight)
+    with casts:
+        alg.update(batches("Debug28"))
+    assert casts.count == 1
+
+
+def test_one_region_finds_what_a_region_per_evaluation_finds(monkeypatch):
+    """The shared region changes when the casts happen, not their values: the perturbation is
+    bit for bit the one found with a fresh autocast region around each evaluation."""
+    from lpa_domainbed.perturb import pgd
+
+    one_region = deltas("LPA", "Debug28", "bfloat16")
+
+    @contextlib.contextmanager
+    def region_per_evaluation(device, precision):
+        yield functools.partial(pgd.search_autocast, device, precision)
+
+    monkeypatch.setattr(pgd, "search_region", region_per_evaluation)
+    assert torch.equal(deltas("LPA", "Debug28", "bfloat16"), one_region)

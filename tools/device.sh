@@ -18,7 +18,11 @@
 #                 (default local_parallel), LPA_DOMAINBED_JOBS (default 16) jobs at a time,
 #                 at most STUDY_TIMEOUT s (default 330), then its tables ->
 #                 <sweep>_records.tar.gz (every job's results.jsonl
-#                 and done), <sweep>_tables.tar.gz (the tables' folder), <sweep>.log
+#                 and done), <sweep>_tables.tar.gz (the tables' folder), <sweep>.log.
+#                 STUDY_RESUME=<records.tar.gz> (e.g. results/style_study/records.tar.gz)
+#                 continues an earlier part: its records are extracted first, so the sweep
+#                 skips the finished jobs and restarts the ones cut off (their partial
+#                 records stay in that archive); the new archive holds both parts.
 #     cmd         the rest of the arguments, after '--', as a command
 #   Files go to $OUT (default device_out/), at most 2 folders deep.
 set -uo pipefail
@@ -87,19 +91,30 @@ gpu_check() {
 study() {
   local name=${STUDY_SWEEP:-style_study} jobs=${LPA_DOMAINBED_JOBS:-16}
   local limit=${STUDY_TIMEOUT:-330} out="sweeps_output/${STUDY_SWEEP:-style_study}" t0=$SECONDS
-  local launcher=${STUDY_LAUNCHER:-local_parallel}
+  local launcher=${STUDY_LAUNCHER:-local_parallel} resume=()
+  if [ -n "${STUDY_RESUME:-}" ]; then
+    [ -f "$ROOT/$STUDY_RESUME" ] || die "STUDY_RESUME=$STUDY_RESUME: no such archive in the repository"
+    [ ! -e "$ROOT/$out" ] || die "STUDY_RESUME: $out exists already; move it away first"
+    mkdir -p "$ROOT/sweeps_output" && tar -xzf "$ROOT/$STUDY_RESUME" -C "$ROOT/sweeps_output" ||
+      die "extracting $STUDY_RESUME failed"
+    say "resuming from $STUDY_RESUME: $(find "$ROOT/$out" -name done | wc -l) jobs done"
+    resume=(--restart_incomplete)
+  fi
   say "sweep $name: $jobs jobs at a time ($launcher), at most $limit s"
   (cd "$ROOT" && LPA_DOMAINBED_JOBS=$jobs timeout "$limit" "$PY" -m lpa_domainbed.tools.cli \
-     sweep "$name" --data_dir sweeps_output/data --output_dir "$out" --launcher "$launcher"
+     sweep "$name" --data_dir sweeps_output/data --output_dir "$out" --launcher "$launcher" \
+     "${resume[@]}"
    echo "sweep exit status $? after $((SECONDS - t0)) s"
    "$PY" -m lpa_domainbed.tools.cli tables --input_dir "$out" --name "$name" \
      --out_dir "sweeps_output/tables/$name") 2>&1 | tee "$OUT/$name.log"
   # records: <name>/<job>/{results.jsonl,done} (extract into sweeps_output/); tables: <name>/
   # (extract into results/)
+  # (separately: the records come back even when the tables could not be made)
   (cd "$ROOT/sweeps_output" && find "$name" \( -name results.jsonl -o -name done \) -print0 |
-     tar -czf "$OUT/${name}_records.tar.gz" --null -T - &&
-   tar -czf "$OUT/${name}_tables.tar.gz" -C tables "$name") ||
-    echo "device.sh: packing the study's records or tables failed" | tee -a "$OUT/$name.log"
+     tar -czf "$OUT/${name}_records.tar.gz" --null -T -) ||
+    echo "device.sh: packing the study's records failed" | tee -a "$OUT/$name.log"
+  tar -czf "$OUT/${name}_tables.tar.gz" -C "$ROOT/sweeps_output/tables" "$name" ||
+    echo "device.sh: packing the study's tables failed" | tee -a "$OUT/$name.log"
   say "study: $((SECONDS - t0)) s"
 }
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["PRECISIONS", "compose", "group_counts", "group_mean", "l2_ball", "l2_pgd",
-           "low_rank", "project", "row_norms", "search_autocast", "unit"]
+           "low_rank", "project", "row_norms", "search_autocast", "search_region", "unit"]
 
 #: The search's precisions (``lpa_search_precision``, ``ada_search_precision``).
 PRECISIONS = ("float32", "bfloat16")
@@ -30,11 +30,33 @@ def search_autocast(device: torch.device, precision: str):
     CUDA for ``precision = "bfloat16"``, nothing for ``"float32"`` (or another device type).
     Only the tail's forward (and so its backward) runs in reduced precision: delta, the
     projections and the radii stay float32, and the training pass is not inside it."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"search precision {precision!r}: expected one of {PRECISIONS}")
-    if precision == "float32" or device.type not in ("cpu", "cuda"):
+    if not _reduced(device, precision):
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def _reduced(device: torch.device, precision: str) -> bool:
+    if precision not in PRECISIONS:
+        raise ValueError(f"search precision {precision!r}: expected one of {PRECISIONS}")
+    return precision != "float32" and device.type in ("cpu", "cuda")
+
+
+@contextlib.contextmanager
+def search_region(device: torch.device, precision: str):
+    """The whole search, around its ``T`` tail evaluations: yields the context of one
+    evaluation (:func:`search_autocast`).
+
+    In reduced precision the region is an autocast that is switched off, and each evaluation
+    switches it on. Autocast keeps its bfloat16 copies of the weights until the outermost
+    autocast region exits, so the tail's weights are cast once per search instead of once per
+    evaluation (on ResNet-50's layer4, 15M weights: 11 ms of a 175 ms evaluation on one CPU
+    thread). The values are the same as with a region per evaluation; between evaluations
+    (group means, projections, low-rank SVDs) autocast is off and everything is float32.
+    """
+    evaluation = functools.partial(search_autocast, device, precision)
+    with (torch.autocast(device.type, enabled=False) if _reduced(device, precision)
+          else contextlib.nullcontext()):
+        yield evaluation
 
 
 def _bshape(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -166,7 +188,7 @@ def l2_pgd(tail, a: torch.Tensor, y: torch.Tensor, groups: torch.Tensor | None,
             evaluation is part of the training pass, so it runs in float32 whatever
             ``precision``.
         precision: ``"float32"`` or ``"bfloat16"``: the tail evaluations run under
-            :func:`search_autocast`; the gradients, delta and its projection are float32.
+            :func:`search_region`; the gradients, delta and its projection are float32.
         counts: :func:`group_counts` of ``groups``, when the caller has them.
         projection: ``delta [G, ...] -> delta``, applied after every step (default
             :func:`l2_ball` of ``radius``; extend it with :func:`compose`).
@@ -182,26 +204,26 @@ def l2_pgd(tail, a: torch.Tensor, y: torch.Tensor, groups: torch.Tensor | None,
     if groups is not None and counts is None:
         counts = group_counts(groups, G)
     clean, basis = None, None
-    for t in range(steps):
-        if t == 0:
-            z = a if clean_graph else a.detach().requires_grad_(True)
-        else:
-            shared = delta if groups is None else delta[groups]
-            z = (a.detach() + shared.to(a.dtype)).requires_grad_(True)
-        with (contextlib.nullcontext() if clean_graph and t == 0
-              else search_autocast(a.device, precision)):
-            logits = tail(z)
-        losses = F.cross_entropy(logits.float(), y, reduction="none")
-        (g,) = torch.autograd.grad(losses.sum(), z, retain_graph=clean_graph and t == 0)
-        if t == 0:
-            clean = losses if clean_graph else losses.detach()
-            if lowrank and a.dim() == 2:
-                basis = flat_basis(g, groups, G, lowrank)
-        g_mean = g.float() if groups is None else group_mean(g, groups, G, counts)
-        if lowrank:
-            g_mean = low_rank(g_mean, lowrank, basis)
-        delta = delta + _bshape(sign * kappa, delta) * unit(g_mean)
-        if lowrank:
-            delta = low_rank(delta, lowrank, basis)
-        delta = projection(delta)
+    with search_region(a.device, precision) as evaluation:
+        for t in range(steps):
+            if t == 0:
+                z = a if clean_graph else a.detach().requires_grad_(True)
+            else:
+                shared = delta if groups is None else delta[groups]
+                z = (a.detach() + shared.to(a.dtype)).requires_grad_(True)
+            with contextlib.nullcontext() if clean_graph and t == 0 else evaluation():
+                logits = tail(z)
+            losses = F.cross_entropy(logits.float(), y, reduction="none")
+            (g,) = torch.autograd.grad(losses.sum(), z, retain_graph=clean_graph and t == 0)
+            if t == 0:
+                clean = losses if clean_graph else losses.detach()
+                if lowrank and a.dim() == 2:
+                    basis = flat_basis(g, groups, G, lowrank)
+            g_mean = g.float() if groups is None else group_mean(g, groups, G, counts)
+            if lowrank:
+                g_mean = low_rank(g_mean, lowrank, basis)
+            delta = delta + _bshape(sign * kappa, delta) * unit(g_mean)
+            if lowrank:
+                delta = low_rank(delta, lowrank, basis)
+            delta = projection(delta)
     return delta, clean

@@ -45,6 +45,10 @@ def plot_forest(rows, title):
         ax.set_title(str(column), fontsize="medium")
         ax.set_xlabel("difference (points)")
         finite = np.concatenate([v[~np.isnan(v)] for v in (mean, low, high)])
+        if not finite.size:  # a held-out domain where no algorithm has a pair yet
+            ax.text(0.5, 0.5, "no pairs", transform=ax.transAxes, ha="center",
+                    color="tab:gray")
+            continue
         low_end, high_end = min(finite.min(), 0), max(finite.max(), 0)  # zero always shown
         if not math.isclose(low_end, high_end):
             pad = 0.1 * (high_end - low_end)

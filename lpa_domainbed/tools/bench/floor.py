@@ -5,7 +5,8 @@ ERM's update (``t_step``) plus ``T`` evaluations of the layers after the cut wit
 to the cut's input (``t_tail`` each), at every cut it perturbs. ``T`` is the algorithm's own
 ``search_steps`` (0: no search, no floor). A search in reduced precision (its
 ``*_search_precision`` hparam, e.g. bfloat16) has its floor from the tail timed under that
-autocast. An algorithm that also trains on a clean loss
+autocast: its first evaluation casts the tail's weights, the later ones reuse the casts
+(``T t_tail`` becomes ``t_tail_first + (T - 1) t_tail_cached``). An algorithm that also trains on a clean loss
 through the tail (ADA with ``ada_clean_weight > 0``) does that backward with weight gradients
 too: ``floor_with_clean = floor + t_clean_backward / t_step``; its first tail evaluation is that
 clean pass, in float32 whatever the search's precision.
@@ -42,8 +43,8 @@ def floor_ratios(alg, tails: list[dict], erm_times: list[float]) -> dict:
     # the training pass); only the other T - 1 run in the search's precision.
     full = 1 if trains_clean and part != "tail" else 0
     for round_tail, t_step in zip(tails, erm_times):
-        extra = sum(full * round_tail[c.name]["tail"] + (steps - full) * round_tail[c.name][part]
-                    for c in alg.cuts)
+        extra = sum(full * round_tail[c.name]["tail"]
+                    + _search_tails(round_tail[c.name], part, steps - full) for c in alg.cuts)
         clean = sum(round_tail[c.name]["clean_backward"] for c in alg.cuts) if trains_clean \
             else 0.0
         floors.append(1 + extra / t_step)
@@ -53,3 +54,12 @@ def floor_ratios(alg, tails: list[dict], erm_times: list[float]) -> dict:
             "tail_ms": {c.name: 1e3 * statistics.median(rt[c.name][part] for rt in tails)
                         for c in alg.cuts},
             "pgd_steps": steps}
+
+
+def _search_tails(times: dict, part: str, evaluations: int) -> float:
+    """Time of ``evaluations`` tail evaluations in the search's precision: in float32 each
+    costs ``tail``; in reduced precision the first casts the weights and the rest reuse them."""
+    if evaluations <= 0:
+        return 0.0
+    cached = times.get(f"{part}_cached", times[part]) if part != "tail" else times[part]
+    return times[part] + (evaluations - 1) * cached

@@ -8,6 +8,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from lpa_domainbed.perturb.pgd import search_region
 from lpa_domainbed.tools.bench.config import NetworkSpec, Variant
 from lpa_domainbed.tools.bench.networks import build
 
@@ -50,8 +51,10 @@ class TailProbe:
     to ``z`` (``t_tail``), and the extra backward of a clean term that trains the tail
     (``t_clean_backward``: its backward to ``z`` and the tail's weights), with the package's
     own :class:`~lpa_domainbed.perturb.tail.CutForward` on an untimed copy of the network;
-    for each of ``precisions`` other than float32, the tail evaluation under that autocast
-    (``t_tail_bfloat16``: the reduced-precision search's step)."""
+    for each of ``precisions`` other than float32, the reduced-precision search's first tail
+    evaluation (``t_tail_bfloat16``, which casts the tail's weights) and a later one
+    (``t_tail_bfloat16_cached``, which reuses them), in one :func:`search_region` as the
+    search runs them."""
 
     def __init__(self, net: NetworkSpec, cut_names: list[str], device: str, batch: list,
                  clock: Clock, precisions: tuple[str, ...] = ("float32",)):
@@ -83,13 +86,15 @@ class TailProbe:
                 torch.autograd.grad(losses.sum(), [z, *self.params], allow_unused=True)
                 t3 = clock()
                 times[cut.name] = {"tail": t1 - t0, "clean_backward": t3 - t2}
-                for precision in self.reduced:  # the search's tail under autocast
-                    t4 = clock()
-                    with torch.autocast(z.device.type, dtype=getattr(torch, precision)):
-                        logits = tail(z)
-                    losses = F.cross_entropy(logits.float(), y, reduction="none")
-                    torch.autograd.grad(losses.sum(), z)
-                    times[cut.name][f"tail_{precision}"] = clock() - t4
+                for precision in self.reduced:  # the search's tails, in one region
+                    with search_region(z.device, precision) as evaluation:
+                        for key in (f"tail_{precision}", f"tail_{precision}_cached"):
+                            t4 = clock()
+                            with evaluation():
+                                logits = tail(z)
+                            losses = F.cross_entropy(logits.float(), y, reduction="none")
+                            torch.autograd.grad(losses.sum(), z)
+                            times[cut.name][key] = clock() - t4
             return None
 
         with torch.no_grad():  # the untimed rest of the real pass needs no graph
