@@ -86,3 +86,43 @@ def test_signals_reach_the_childs_group_once_and_it_stops_gracefully(tmp_path, s
     proc.send_signal(signum)
     assert proc.wait(timeout=60) == 130
     assert (tmp_path / "stopped").read_text() == "1"  # got it once, finished its handler
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_sweep_started_in_the_background_still_stops(tmp_path, signum):
+    """A script's `lpa-domainbed sweep ... &` (or nohup) starts with SIGINT ignored, and exec
+    keeps an ignored signal ignored: the child (DomainBed's sweep, which has no handler of its
+    own and relies on Python's KeyboardInterrupt) must still get the forwarded Ctrl-C."""
+    child = tmp_path / "child.py"
+    child.write_text(textwrap.dedent(f"""
+        import os, pathlib, time
+        pathlib.Path({str(tmp_path / 'ready')!r}).write_text(str(os.getpid()))
+        try:
+            while True:
+                time.sleep(0.05)
+        except KeyboardInterrupt:
+            pathlib.Path({str(tmp_path / 'stopped')!r}).write_text("KeyboardInterrupt")
+    """))
+    parent = (f"import sys\nfrom lpa_domainbed.tools.cli import run_forwarding_signals\n"
+              f"try:\n    run_forwarding_signals([sys.executable, {str(child)!r}])\n"
+              f"except KeyboardInterrupt:\n    sys.exit(130)\n")
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.DEVNULL,
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        deadline = time.time() + 60
+        while not (tmp_path / "ready").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        assert proc.wait(timeout=30) == 130
+        assert (tmp_path / "stopped").read_text() == "KeyboardInterrupt"
+    finally:  # the old code left both running: the parent waiting, the child looping
+        pids = [proc.pid]
+        if (tmp_path / "ready").exists():
+            pids.append(int((tmp_path / "ready").read_text() or 0))
+        for pid in filter(None, pids):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait(timeout=30)

@@ -34,19 +34,26 @@ def run_forwarding_signals(cmd: list[str]) -> None:
     CalledProcessError on failure.
     """
     print(f"==> {sweeps.format_command(cmd)}", flush=True)
-    child = subprocess.Popen(cmd, env=runinfo.env_with_python(), start_new_session=True)
-    received = []
+    received: list[int] = []
+    forwarded: list[int] = []
+    child: subprocess.Popen | None = None
 
     def forward(signum, _frame):
         received.append(signum)
-        try:
-            os.killpg(child.pid, signal.SIGINT)
-        except ProcessLookupError:
-            pass
+        if child is not None:
+            _interrupt(child)
+            forwarded.append(signum)
 
+    # Installed before the child starts, because exec resets a handled signal to its default
+    # but keeps an ignored one ignored: a sweep started in the background by a script
+    # (`... &`, nohup) has SIGINT ignored, and its child would then ignore the Ctrl-C we
+    # forward, and nothing would stop.
     previous = {s: signal.signal(s, forward)
                 for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
+        child = subprocess.Popen(cmd, env=runinfo.env_with_python(), start_new_session=True)
+        if received and not forwarded:  # a signal came while the child was starting
+            _interrupt(child)
         returncode = child.wait()
     finally:
         for s, handler in previous.items():
@@ -55,6 +62,13 @@ def run_forwarding_signals(cmd: list[str]) -> None:
         raise KeyboardInterrupt
     if returncode:
         raise subprocess.CalledProcessError(returncode, cmd)
+
+
+def _interrupt(child: subprocess.Popen) -> None:
+    try:
+        os.killpg(child.pid, signal.SIGINT)
+    except ProcessLookupError:
+        pass
 
 
 def _shown(path) -> str:
