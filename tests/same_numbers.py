@@ -9,6 +9,7 @@ recorded ones to float tolerance (``check``):
     python tests/same_numbers.py check             # every algorithm, both datasets
     python tests/same_numbers.py check LPA ADA     # a subset
     python tests/same_numbers.py record            # rewrite the baseline (only on purpose)
+    python tests/same_numbers.py record NAME ...   # add or replace these algorithms' entries
 
 ``tests/test_same_numbers.py`` runs a subset by default and everything with
 ``LPA_SAME_NUMBERS=all``.
@@ -90,6 +91,8 @@ def main(argv: list[str]) -> int:
         return 2
     results = run_all(argv[1:] or None)
     if argv[0] == "record":
+        if argv[1:]:  # named algorithms: the others keep their recorded numbers
+            results = {**json.loads(BASELINE.read_text()), **results}
         BASELINE.parent.mkdir(exist_ok=True)
         BASELINE.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
         print(f"recorded {len(results)} runs in {BASELINE}")
