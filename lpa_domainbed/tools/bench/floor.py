@@ -6,10 +6,10 @@ to the cut's input (``t_tail`` each), at every cut it perturbs. ``T`` is the alg
 ``search_steps`` (0: no search, no floor). A search in reduced precision (its
 ``*_search_precision`` hparam, e.g. bfloat16) has its floor from the tail timed under that
 autocast: its first evaluation casts the tail's weights, the later ones reuse the casts
-(``T t_tail`` becomes ``t_tail_first + (T - 1) t_tail_cached``). An algorithm that also trains on a clean loss
-through the tail (ADA with ``ada_clean_weight > 0``) does that backward with weight gradients
-too: ``floor_with_clean = floor + t_clean_backward / t_step``; its first tail evaluation is that
-clean pass, in float32 whatever the search's precision.
+(``T t_tail`` becomes ``t_tail_first + (T - 1) t_tail_cached``). An algorithm that also
+trains on a clean loss through the tail (ADA with ``ada_clean_weight > 0``) does that
+backward with weight gradients too: ``floor_with_clean = floor + t_clean_backward / t_step``;
+its first tail evaluation is that clean pass, in float32 whatever the search's precision.
 """
 
 from __future__ import annotations
