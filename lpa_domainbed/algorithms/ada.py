@@ -67,7 +67,7 @@ class ADA(ActivationPerturbation):
         keep_clean = self.hparams["ada_clean_weight"] > 0 and step.training
         delta, clean = pgd.l2_pgd(
             lambda z: tail(z, detach_head=not keep_clean) if z is a else tail(z),
-            a, y, None, radius, torch.ones_like(radius), int(self.hparams["ada_steps"]),
+            a, y, None, radius, torch.ones_like(radius), self.search_steps,
             clean_graph=keep_clean, precision=self.hparams["ada_search_precision"])
         if keep_clean:
             self._pass.trained_clean_losses.append(clean)

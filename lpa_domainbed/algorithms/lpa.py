@@ -174,7 +174,7 @@ class LPA(ActivationPerturbation):
             axis, k = norm_cone(a, y, signs, radius)
             projection = pgd.compose(functools.partial(project_cone, axis=axis, k=k), projection)
         delta, clean = pgd.l2_pgd(evaluate, a, y, y, radius, signs,
-                                  int(h["lpa_steps"]), lowrank=h["lpa_lowrank"],
+                                  self.search_steps, lowrank=h["lpa_lowrank"],
                                   precision=h["lpa_search_precision"], counts=step.counts,
                                   projection=projection)
         if self._pass.clean_losses is None:
