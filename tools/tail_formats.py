@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -30,23 +29,20 @@ def main():
     from lpa_domainbed.perturb.pgd import search_region
     from lpa_domainbed.perturb.tail import CutForward
     from lpa_domainbed.tools import bench
+    from lpa_domainbed.tools.bench.timing import Clock
 
     dev = args.device
     net = dataclasses.replace(bench.RESNET50, per_domain=args.per_domain)
 
-    def sync():
-        if dev == "cuda":
-            torch.cuda.synchronize()
+    clock = Clock("wall", dev)  # the benchmark's clock: synchronizes CUDA before reading
 
     def timed(fn, reps):
         fn(), fn()
         out = []
         for _ in range(reps):
-            sync()
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            sync()
-            out.append(time.perf_counter() - t0)
+            out.append(clock() - t0)
         return statistics.median(out)
 
     with bench.offline_weights():
