@@ -253,20 +253,3 @@ def define(hparams: dict, specs: Iterable[HParam], random_seed: int, seed_hash, 
         state = np.random.RandomState(seed_hash(random_seed, spec.name))
         hparams[spec.name] = (spec.default, spec.draw(state))
     return hparams
-
-
-_MOVED = {
-    "merge_specs": "merge_specs was removed: add names with super().hparam_specs(dataset) + "
-                   "[HParam(...)], and change an inherited default with the class attribute "
-                   "HPARAM_DEFAULTS = {name: value}",
-    "validate": "lpa_domainbed.hparams.validate moved: use "
-                "lpa_domainbed.hparams_check.validate(algorithm_class, hparams)",
-}
-
-
-def __getattr__(name):
-    """The old spellings say what to write instead (an ``ImportError``, so that ``from
-    lpa_domainbed.hparams import merge_specs`` shows the message)."""
-    if name in _MOVED:
-        raise ImportError(_MOVED[name], name=__name__)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,8 +3,13 @@
 DomainBed's train script merges ``--hparams`` into the defaults with ``dict.update``, so a
 misspelt name (``lpa_epss``) would train silently with the default, a string for a number
 would fail with a bare ``TypeError`` deep in PyTorch, and ``Infinity`` would train a NaN model.
-:func:`validate` runs at construction; :func:`validate_sweep_hparams` runs the same checks on
-a sweep's hparams before anything is launched.
+
+Pure functions: an algorithm's name, its specs, the types DomainBed's registry gives its other
+hparams, and the hparams come in; messages (or the completed hparams) come out. Nothing here
+imports the algorithms or reads the command line. The algorithm base class calls
+:func:`validate` at construction; the sweep tooling runs :func:`problems` on a sweep's hparams
+before anything is launched; :func:`hparams_argument_problem` reads a train command line that
+the autoload hands it.
 """
 
 from __future__ import annotations
@@ -12,25 +17,18 @@ from __future__ import annotations
 import difflib
 import functools
 import json
-import sys
 from typing import Iterable
 
-from lpa_domainbed.hparams import USER_PREFIX, defaults_of, kind, specs_of, type_problem
+from lpa_domainbed.hparams import USER_PREFIX, HParam, kind, type_problem
 
-__all__ = ["validate", "validate_sweep_hparams", "known_hparams", "problems", "clear_cache",
-           "hparams_argument_problem", "check_train_command_line"]
+__all__ = ["validate", "problems", "known_types", "registry_types", "clear_cache",
+           "hparams_argument_problem"]
 
 _FIX = "Fix it in --hparams (or the sweep's hparams)."
 
 
-def _algorithm_name(cls) -> str:
-    from lpa_domainbed.algorithms import ALGORITHMS
-
-    return next((name for name, obj in ALGORITHMS.items() if obj is cls), cls.__name__)
-
-
 @functools.lru_cache(maxsize=None)
-def _registry_types(name: str) -> dict[str, tuple]:
+def registry_types(name: str) -> dict[str, tuple]:
     """``{hparam: accepted types}`` of what DomainBed's registry gives ``name`` (any dataset)."""
     from domainbed import datasets, hparams_registry
 
@@ -41,16 +39,14 @@ def _registry_types(name: str) -> dict[str, tuple]:
     return {key: tuple(sorted(types, key=lambda t: t.__name__)) for key, types in known.items()}
 
 
-def known_hparams(cls) -> dict[str, tuple]:
-    """``{name: accepted types}`` of every hparam any registered dataset gives ``cls``."""
-    known = dict(_registry_types(_algorithm_name(cls)))
-    known.update({spec.name: spec.types() for spec in specs_of(cls, None)})
-    return known
-
-
 def clear_cache() -> None:
     """Forget the registry's names (a newly registered dataset may bring new ones)."""
-    _registry_types.cache_clear()
+    registry_types.cache_clear()
+
+
+def known_types(specs: Iterable[HParam], types: dict[str, tuple]) -> dict[str, tuple]:
+    """``{name: accepted types}``: the registry's ``types``, then the ``specs``' own."""
+    return {**types, **{spec.name: spec.types() for spec in specs}}
 
 
 def _unknown(key: str, known, algorithm: str) -> str:
@@ -60,72 +56,39 @@ def _unknown(key: str, known, algorithm: str) -> str:
             f"(read by your code only) must start with {USER_PREFIX!r}.")
 
 
-def problems(cls, hparams: dict, unknown_ok=frozenset()) -> list[str]:
-    """Every problem of ``hparams`` for ``cls``, one message each (``[]``: all fine).
-
-    A name in ``unknown_ok`` that ``cls`` does not know is not a problem."""
-    known = known_hparams(cls)
-    specs = {spec.name: spec for spec in specs_of(cls, None)}
-    algorithm = _algorithm_name(cls)
+def problems(name: str, specs: list[HParam], types: dict[str, tuple], hparams: dict,
+             unknown_ok=frozenset()) -> list[str]:
+    """Every problem of ``hparams`` for the algorithm ``name``, one message each (``[]``: all
+    fine). ``specs``: its :class:`HParam` s; ``types``: :func:`registry_types` of its name.
+    A name in ``unknown_ok`` that the algorithm does not know is not a problem."""
+    known = known_types(specs, types)
+    by_name = {spec.name: spec for spec in specs}
     found = []
     for key, value in hparams.items():
         if key.startswith(USER_PREFIX) or (key in unknown_ok and key not in known):
             continue
         if key not in known:
-            found.append(_unknown(key, known, algorithm))
+            found.append(_unknown(key, known, name))
         else:
-            spec = specs.get(key)
+            spec = by_name.get(key)
             problem = spec.problem(value) if spec else type_problem(key, known[key], value)
             if problem:
                 found.append(f"hparam {problem}. {_FIX}")
     return found
 
 
-def validate(cls, hparams: dict) -> dict:
-    """Check ``hparams`` for ``cls``; return them completed with its missing defaults.
+def validate(name: str, specs: list[HParam], types: dict[str, tuple], hparams: dict) -> dict:
+    """Check ``hparams`` for the algorithm ``name``; return them completed with the specs'
+    missing defaults (the one place where defaults are merged).
 
     Raises ``ValueError`` for a name no registry entry knows (with the closest names), a value
     of the wrong type, a non-finite number, or a value the :class:`HParam` refuses (not one of
-    its ``choices``, failing its ``check``). The one place where defaults are merged.
+    its ``choices``, failing its ``check``).
     """
-    found = problems(cls, hparams)
+    found = problems(name, specs, types, hparams)
     if found:
         raise ValueError(found[0])
-    return {**defaults_of(cls, None), **hparams}
-
-
-def _validates_at_construction(cls) -> bool:
-    from lpa_domainbed.algorithms.base import ActivationPerturbation
-
-    return issubclass(cls, ActivationPerturbation)
-
-
-def validate_sweep_hparams(algorithms: Iterable[str], hparams: dict | None) -> None:
-    """Check a sweep file's ``hparams`` (given to every job) for each of ``algorithms``.
-
-    Raises ``ValueError`` listing every problem, one per line, each naming the algorithm:
-    an unknown name (for an algorithm of this package, which refuses unknown names at
-    construction; for DomainBed's own algorithms, which ignore them, only a name no algorithm
-    of the sweep knows), a wrong type, a non-finite number, a value outside an HParam's
-    ``choices`` or ``check``. Needs DomainBed importable; an unknown algorithm is a problem.
-    """
-    from domainbed import algorithms as domainbed_algorithms
-
-    import lpa_domainbed
-
-    lpa_domainbed.register()
-    hparams, found, classes = dict(hparams or {}), [], {}
-    for name in dict.fromkeys(algorithms):
-        try:
-            classes[name] = domainbed_algorithms.get_algorithm_class(name)
-        except NotImplementedError as error:
-            found.append(f"{name}: {error}")
-    anyone_knows = set().union(*(known_hparams(cls) for cls in classes.values()))
-    for name, cls in classes.items():
-        lenient = set() if _validates_at_construction(cls) else anyone_knows
-        found += [f"{name}: {problem}" for problem in problems(cls, hparams, lenient)]
-    if found:
-        raise ValueError("\n".join(found))
+    return {**{spec.name: spec.default for spec in specs}, **hparams}
 
 
 _EXAMPLE = """write one JSON object of names and values, e.g. --hparams '{"lpa_eps": 0.2}'"""
@@ -149,20 +112,7 @@ def hparams_argument_problem(argv: list[str]) -> str | None:
     except ValueError as error:
         return f"--hparams {text!r} is not valid JSON ({error}); {_EXAMPLE}"
     if not isinstance(value, dict):
-        kind = {list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
+        kind_name = {list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
             type(value), "number")
-        return f"--hparams {text!r} is a JSON {kind}, not an object; {_EXAMPLE}"
+        return f"--hparams {text!r} is a JSON {kind_name}, not an object; {_EXAMPLE}"
     return None
-
-
-def check_train_command_line() -> None:
-    """In DomainBed's train script, exit with one line when its ``--hparams`` is not a JSON
-    object (called when the script asks the registry for its hparams, before it parses them)."""
-    main = sys.modules.get("__main__")
-    spec_name = getattr(getattr(main, "__spec__", None), "name", None)
-    if spec_name != "domainbed.scripts.train" and not sys.argv[0].replace("\\", "/").endswith(
-            "domainbed/scripts/train.py"):
-        return
-    problem = hparams_argument_problem(sys.argv[1:])
-    if problem:
-        raise SystemExit(f"train: {problem}")

@@ -99,6 +99,9 @@ def _explain_missing_algorithms(module):
         try:
             return original(algorithm_name)
         except NotImplementedError as error:
+            wrapped = _swad_variant(algorithm_name, original)
+            if wrapped is not None:
+                return wrapped
             from lpa_domainbed.plugins import explain_missing
 
             hint = explain_missing(algorithm_name)
@@ -107,6 +110,23 @@ def _explain_missing_algorithms(module):
             raise NotImplementedError(f"{error}. {hint}") from None
 
     module.get_algorithm_class = get_algorithm_class
+
+
+def _swad_variant(name: str, lookup):
+    """``<Name>_SWAD`` for any algorithm ``lookup`` finds (resolved at lookup time)."""
+    from lpa_domainbed.algorithms.swad import swad_class, wrapped_name
+
+    base = wrapped_name(name)
+    if base is None:
+        return None
+    try:
+        lookup(base)
+    except NotImplementedError:
+        raise NotImplementedError(
+            f"Algorithm not found: {name}. {name} is SWAD on top of {base!r}, which is not an "
+            f"algorithm DomainBed knows: check its spelling, or the plugin that registers it "
+            f"(LPA_DOMAINBED_PLUGINS)") from None
+    return swad_class(base)
 
 
 def _register_datasets(module):
@@ -127,9 +147,18 @@ def _patch_hparams(module):
 
     @functools.wraps(original)
     def _hparams(algorithm, dataset, random_seed):
-        from lpa_domainbed.hparams_check import check_train_command_line
+        from lpa_domainbed import train_command_line
 
-        check_train_command_line()  # a malformed --hparams: one line, before the script's json
+        # DomainBed's train script asks for its hparams right before it reads --hparams, once
+        # per run (also when runs share an interpreter): the last moment before its traceback.
+        train_command_line.check()
+        from lpa_domainbed.algorithms.swad import SPECS, wrapped_name
+
+        base = wrapped_name(algorithm)
+        if base is not None:  # <Name>_SWAD: the wrapped algorithm's, with its very draws
+            hparams = module._hparams(base, dataset, random_seed)
+            hp.define(hparams, SPECS, random_seed, misc.seed_hash)
+            return hparams
         hparams = original(algorithm, dataset, random_seed)
         from lpa_domainbed.algorithms import load as load_algorithms
         from lpa_domainbed.datasets import load as load_datasets

@@ -20,8 +20,10 @@ def algorithm_names():
     if not HAVE_DOMAINBED:
         return []
     from lpa_domainbed.algorithms import load
+    from lpa_domainbed.algorithms.base import ActivationPerturbation
 
-    return list(load())
+    # SWAD and its variants wrap an algorithm; tests/test_swad.py covers them
+    return [name for name, cls in load().items() if issubclass(cls, ActivationPerturbation)]
 
 
 def make(name, dataset="RotatedDigits", num_classes=4, num_domains=2, **overrides):
@@ -194,7 +196,7 @@ def test_only_searching_methods_keep_records_for_the_tail():
     searching = {"LPA", "LPL", "LPA_LPL", "ADA", "LPA_Conjecture", "LPA_BF16"}  # exact PGD searches
     for name in algorithm_names():
         alg = make(name)
-        assert any(alg.uses_tail(c) for c in alg.cuts) == (name in searching), name
+        assert alg.uses_tail == (name in searching), name
         assert (alg.search_steps > 0) == (name in searching), name
 
 
@@ -216,7 +218,7 @@ def test_a_perturbation_that_returns_inf_stops_the_first_update():
     from domainbed.hparams_registry import default_hparams
 
     class Infinite(ActivationPerturbation):
-        def perturb(self, a, y, step, tail):
+        def perturb(self, a, y, step, tail, state):
             return a + float("inf")
 
     alg = Infinite((64,), 4, 2, default_hparams("ERM", "RotatedDigits")).to(TEST_DEVICE)

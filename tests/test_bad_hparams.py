@@ -80,7 +80,7 @@ RESULTS = {"ReturnsNone": lambda a: None, "ReturnsFloat": lambda a: 1.0,
            "ReturnsDouble": lambda a: a.double(), "ReturnsDetached": lambda a: a.detach()}
 for name, result in RESULTS.items():
     ALGORITHMS.add(name, type(name, (ActivationPerturbation,), {
-        "perturb": lambda self, a, y, step, tail, result=result: result(a)}))
+        "perturb": lambda self, a, y, step, tail, state, result=result: result(a)}))
 """
 
 DRIVER = """

@@ -80,7 +80,7 @@ def test_a_new_algorithm_in_a_few_lines_trains_through_the_train_script(tmp_path
             def hparam_specs(cls, dataset=None):
                 return super().hparam_specs(dataset) + [HParam("noise_sigma", 0.1, log_uniform(-2, 0))]
 
-            def perturb(self, a, y, step, tail):
+            def perturb(self, a, y, step, tail, state):
                 scale = a.flatten(1).norm(dim=1) / a[0].numel() ** 0.5
                 return a + self.hparams["noise_sigma"] * scale.view(-1, *[1] * (a.dim() - 1)) * torch.randn_like(a)
         '''))

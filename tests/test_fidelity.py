@@ -77,9 +77,8 @@ def test_class_accuracy_is_measured_on_clean_logits(mode, setting):
 
 
 def test_amortized_lpa_without_accuracy_keeps_no_records():
-    alg = make("LPA", lpa_mode="amortized")
-    assert not any(alg.uses_tail(c) for c in alg.cuts)
-    assert make("LPA", lpa_mode="amortized", lpa_split="mean_accuracy").uses_tail(alg.cuts[0])
+    assert not make("LPA", lpa_mode="amortized").uses_tail
+    assert make("LPA", lpa_mode="amortized", lpa_split="mean_accuracy").uses_tail
 
 
 # -- Manifold Mixup: the raw input is a layer, one list selects per step ------------------
@@ -89,8 +88,9 @@ def test_manifold_mixup_can_mix_the_raw_input(dataset):
     x, y = batches(dataset, per_domain=6)[0]
     with torch.no_grad():
         step = alg._step(y, torch.zeros_like(y), training=False)
-        logits, record = alg._perturbed_pass(x, step, alg.active_cuts(False))
-        lam, perm = alg.mix.lam, alg.mix.partners
+        mix = alg.begin(x, step)
+        logits, record = alg._perturbed_pass(x, step, mix, alg.active_cuts(False))
+        lam, perm = mix.lam, mix.partners
         mixed = (1 - lam) * x + lam * x[perm]
         assert torch.equal(record.clean["network_input"], x)
         assert torch.allclose(record.perturbed["network_input"], mixed, atol=1e-6)
@@ -104,14 +104,6 @@ def test_manifold_mixup_draws_from_the_original_layer_set_with_the_input():
     torch.manual_seed(0)
     seen = {alg.active_cuts(True)[0].name for _ in range(60)}
     assert seen == {"network_input", "featurizer.input", "featurizer.hiddens.0"}
-
-
-def test_mmix_layers_is_gone_with_a_clear_error():
-    with pytest.raises(ValueError, match="perturb_layer"):
-        make("ManifoldMixup", mmix_layers="featurizer.input,features")
-    from lpa_domainbed.algorithms.manifold_mixup import ManifoldMixup
-
-    assert "mmix_layers" not in {s.name for s in ManifoldMixup.hparam_specs()}
 
 
 # -- DropBlock drops full s x s blocks, anywhere ---------------------------------------------

@@ -73,15 +73,6 @@ def test_a_wrong_override_names_the_fix(attrs, message):
         hp.specs_of(type("Sub", (_Base,), attrs))
 
 
-def test_the_old_spellings_say_what_to_write_instead():
-    with pytest.raises(ImportError, match="HPARAM_DEFAULTS = {name: value}"):
-        from lpa_domainbed.hparams import merge_specs  # noqa: F401
-    with pytest.raises(ImportError, match="lpa_domainbed.hparams_check.validate"):
-        hp.validate  # noqa: B018
-    with pytest.raises(AttributeError):
-        hp.no_such_name  # noqa: B018
-
-
 def _package_imports(path) -> set[str]:
     tree = ast.parse(path.read_text())
     names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
@@ -109,12 +100,12 @@ def test_hparams_argument_problem():
 @requires_domainbed
 def test_every_algorithm_declares_valid_defaults_and_no_check_hparams_enum_tuples():
     from lpa_domainbed.algorithms import load
-    from lpa_domainbed.hparams_check import validate
+    from lpa_domainbed.hparams_check import registry_types, validate
 
     for name, cls in load().items():
         specs = hp.specs_of(cls)
         assert all(s.problem(s.default) is None for s in specs), name
-        merged = validate(cls, {})
+        merged = validate(name, hp.specs_of(cls), registry_types(name), {})
         assert merged == hp.defaults_of(cls), name
     assert hp.defaults_of(load()["LPL"])["perturb_layer"] == "logits"
     assert hp.defaults_of(load()["LPA_Amortized"])["lpa_mode"] == "amortized"
@@ -129,15 +120,17 @@ def test_every_algorithm_declares_valid_defaults_and_no_check_hparams_enum_tuple
 @requires_domainbed
 def test_a_new_enum_is_one_line_and_checked_at_construction():
     from lpa_domainbed.algorithms.lpa import LPA
-    from lpa_domainbed.hparams_check import validate
+    from lpa_domainbed.hparams_check import registry_types, validate
 
     line = hp.HParam("lpa_test_schedule", "flat", choices=("flat", "cosine"))
     cls = type("LPAWithSchedule", (LPA,), {"hparam_specs": classmethod(
         lambda c, d=None: LPA.hparam_specs.__func__(c, d) + [line])})
-    assert validate(cls, {"lpa_test_schedule": "cosine"})["lpa_test_schedule"] == "cosine"
+    specs, types = hp.specs_of(cls), registry_types("LPA")
+    assert validate("LPA", specs, types, {"lpa_test_schedule": "cosine"})[
+        "lpa_test_schedule"] == "cosine"
     with pytest.raises(ValueError, match=r"lpa_test_schedule='cos' is invalid: expected one of "
                                          r"\('flat', 'cosine'\)"):
-        validate(cls, {"lpa_test_schedule": "cos"})
+        validate("LPA", specs, types, {"lpa_test_schedule": "cos"})
 
 
 @requires_domainbed
@@ -154,7 +147,7 @@ def test_a_new_enum_is_one_line_and_checked_at_construction():
 ])
 def test_validate_sweep_hparams_lists_every_problem_naming_the_algorithm(
         algorithms, hparams, fragments):
-    from lpa_domainbed.hparams_check import validate_sweep_hparams
+    from lpa_domainbed.tools.sweeps import validate_sweep_hparams
 
     if not fragments:
         validate_sweep_hparams(algorithms, hparams)

@@ -140,15 +140,16 @@ def test_amortized_mode_makes_no_extra_tail_evaluations_and_keeps_delta_bounded(
     for seed in range(3):
         out = alg.update(batches(seed=seed))
     assert alg.cuts[0].name == "featurizer.hiddens.0"
-    stored = alg.class_deltas.cut0
+    stored = alg.search.deltas.cut0
     assert stored.abs().sum() > 0 and 0 < out["rel_perturbation"] <= 0.7 ** 2 * 0.3 * 1.5
 
 
 def test_adaptive_selection_picks_the_layer_with_the_largest_loss_change():
     alg = make("LPA", perturb_layer="featurizer.input,features", lpa_layer_select="adaptive",
                lpa_select_every=1)
+    x, y = torch.cat([x for x, _ in batches()]), torch.cat([y for _, y in batches()])
+    scores = {name: float(v) for name, v in alg.layer_scores(x, y).items()}
     alg.update(batches())
-    scores = alg.layer_scores
     assert set(scores) == {"featurizer.input", "features"}
     assert alg.active_cuts(True)[0].name == max(scores, key=scores.get)
 
@@ -208,8 +209,9 @@ def test_manifold_mixup_lambda_follows_beta_and_mixes_labels():
     step = Step(y=y, domains=y, number=0, training=False, counts=torch.ones(4))
     for _ in range(2000):
         a = torch.randn(len(y), 3)
-        a_tilde = alg.perturb(a, y, step, None)
-        lam, perm = alg.mix.lam, alg.mix.partners
+        mix = alg.begin(a, step)
+        a_tilde = alg.perturb(a, y, step, None, mix)
+        lam, perm = mix.lam, mix.partners
         assert torch.allclose(a_tilde, (1 - lam) * a + lam * a[perm], atol=1e-6)
         lams.append(lam)
     lams = np.array(lams)
@@ -231,3 +233,34 @@ def test_ada_perturbs_each_sample_to_its_own_ball_and_trains_on_both_losses():
     delta = (one(r.perturbed) - one(r.clean)).flatten(1)
     assert torch.allclose(delta.norm(dim=1), 0.2 * one(r.clean).flatten(1).norm(dim=1), rtol=1e-4)
     assert (r.perturbed_loss >= r.clean_loss - 1e-6).all()
+
+
+def test_the_one_step_rule_moves_by_the_step_size_along_the_gradient_then_projects():
+    from lpa_domainbed.perturb import pgd
+
+    delta = torch.zeros(2, 3)
+    grad = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, 0.0]])
+    moved = pgd.pgd_step(delta, grad, torch.tensor([1.0, -1.0]), torch.tensor([0.5, 0.5]),
+                         pgd.l2_ball(torch.tensor([1.0, 1.0])))
+    assert torch.allclose(moved[0], torch.tensor([0.3, 0.4, 0.0]))  # 0.5 * g / |g|
+    assert torch.equal(moved[1], torch.zeros(3))  # a zero gradient does not move (no NaN)
+    far = pgd.pgd_step(delta, grad, torch.tensor([-1.0, 1.0]), torch.tensor([5.0, 0.0]),
+                       pgd.l2_ball(torch.tensor([1.0, 1.0])))
+    assert torch.allclose(far[0], torch.tensor([-0.6, -0.8, 0.0]))  # descent, back on the ball
+
+
+def test_a_continued_search_equals_the_whole_search():
+    from lpa_domainbed.perturb import pgd
+
+    torch.manual_seed(0)
+    w = torch.randn(6, 3)
+    a, y = torch.randn(5, 6), torch.tensor([0, 1, 2, 0, 1])
+    ball = pgd.Ball(torch.full((3,), 0.5), torch.ones(3), 3)
+    whole = pgd.l2_pgd(lambda z: z @ w, a, y, y, ball)
+    first = pgd.l2_pgd(lambda z: z @ w, a, y, y, pgd.Ball(ball.radius, ball.sign, 1,
+                                                          size=ball.step_size))
+    rest = pgd.l2_pgd(lambda z: z @ w, a, y, y, pgd.Ball(ball.radius, ball.sign, 2,
+                                                         size=ball.step_size),
+                      delta=first.delta)
+    assert torch.allclose(whole.delta, rest.delta)
+    assert torch.equal(whole.first_losses, first.first_losses)

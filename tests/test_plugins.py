@@ -32,7 +32,7 @@ NOISE = textwrap.dedent('''
         def hparam_specs(cls, dataset=None):
             return super().hparam_specs(dataset) + [HParam("{hparam}", 0.1, uniform(0, 1))]
 
-        def perturb(self, a, y, step, tail):
+        def perturb(self, a, y, step, tail, state):
             return a + self.hparams["{hparam}"] * a.detach().std() * torch.randn_like(a)
     ''')
 

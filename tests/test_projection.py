@@ -39,7 +39,7 @@ def test_compose_applies_the_projections_in_order():
 
 
 def test_the_search_applies_its_projection_after_every_step():
-    from lpa_domainbed.perturb.pgd import compose, l2_ball, l2_pgd
+    from lpa_domainbed.perturb.pgd import Ball, compose, l2_ball, l2_pgd
 
     torch.manual_seed(0)
     w = torch.randn(6, 3)
@@ -52,6 +52,6 @@ def test_the_search_applies_its_projection_after_every_step():
         seen.append(d)
         return d * mask
 
-    delta, _ = l2_pgd(lambda z: z @ w, a, y, y, radius, torch.ones(3), 3,
-                      projection=compose(l2_ball(radius), keep_two))
+    ball = Ball(radius, torch.ones(3), 3, projection=compose(l2_ball(radius), keep_two))
+    delta = l2_pgd(lambda z: z @ w, a, y, y, ball).delta
     assert len(seen) == 3 and (delta[:, 2:] == 0).all() and (delta.norm(dim=1) <= 1 + 1e-6).all()

@@ -40,44 +40,22 @@ def test_save_load_and_next_update_equal_an_uninterrupted_run(name, hparams):
 def test_amortized_delta_is_a_buffer_that_follows_the_model():
     alg = make("LPA_Amortized")
     alg.update(batches())
-    assert "class_deltas.cut0" in alg.state_dict()
+    assert "search.deltas.cut0" in alg.state_dict()
     alg.to(torch.float64)
-    assert alg.class_deltas.cut0.dtype == torch.float64
+    assert alg.search.deltas.cut0.dtype == torch.float64
 
 
-def test_lpa_mode_amortized_builds_the_amortized_class():
-    from lpa_domainbed.algorithms.lpa_amortized import LPA_Amortized
+def test_lpa_mode_chooses_the_search_lpa_composes_not_a_class():
+    from lpa_domainbed.algorithms.lpa import LPA, LPA_Amortized, LPL
+    from lpa_domainbed.algorithms.lpa_search import AmortizedSearch, ExactSearch
 
-    assert type(make("LPA", lpa_mode="amortized")) is LPA_Amortized
+    assert type(make("LPA", lpa_mode="amortized")) is LPA
+    assert isinstance(make("LPA_Amortized").search, AmortizedSearch)
+    assert isinstance(make("LPA_Amortized", lpa_mode="exact").search, ExactSearch)
+    assert type(make("LPA_Amortized")) is LPA_Amortized
     lpl = make("LPL", lpa_mode="amortized")
-    assert lpl.amortized and lpl.search_steps == 0 and lpl.cuts[0].is_logits
-    with pytest.raises(ValueError, match="lpa_mode='exact' is invalid for LPA_Amortized"):
-        make("LPA_Amortized", lpa_mode="exact")
-
-
-def test_the_old_perturb_spelling_is_refused_with_the_new_one():
-    from lpa_domainbed.algorithms.base import ActivationPerturbation
-
-    with pytest.raises(TypeError, match=r"perturb\(self, a, y, step, tail\)"):
-        class Old(ActivationPerturbation):
-            def perturb(self, a, y, ctx):
-                return a
-    with pytest.raises(TypeError, match="after_optimizer_step"):
-        class Renamed(ActivationPerturbation):
-            def perturb(self, a, y, step, tail):
-                return a
-
-            def after_backward(self, ctx):
-                pass
-
-
-def test_old_context_attributes_name_their_new_place():
-    alg = make("Dropout")
-    step = alg._step(torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long), True)
-    with pytest.raises(AttributeError, match=r"tail\(z\)"):
-        step.tail
-    with pytest.raises(AttributeError, match="own attributes"):
-        step.scratch
+    assert type(lpl) is LPL and isinstance(lpl.search, AmortizedSearch)
+    assert lpl.search_steps == 0 and lpl.cuts[0].is_logits
 
 
 def test_a_tail_kept_after_its_cut_is_refused():
@@ -86,10 +64,9 @@ def test_a_tail_kept_after_its_cut_is_refused():
     kept = []
 
     class Keeper(Dropout):
-        def uses_tail(self, cut):
-            return True
+        uses_tail = True
 
-        def perturb(self, a, y, step, tail):
+        def perturb(self, a, y, step, tail, state):
             kept.append(tail)
             return a
 

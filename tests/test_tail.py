@@ -152,7 +152,7 @@ def test_tail_is_refused_where_the_algorithm_said_it_would_not_use_it():
     from lpa_domainbed.algorithms.dropout import Dropout
 
     class Greedy(Dropout):
-        def perturb(self, a, y, step, tail):
+        def perturb(self, a, y, step, tail, state):
             tail(a)
             return a
 

@@ -13,7 +13,7 @@ __all__ = ["ALGORITHMS", "MODULES", "load"]
 ALGORITHMS: Registry = Registry("algorithm", reserved=taken_in("domainbed.algorithms"))
 
 #: The package's algorithm modules; import order is registration order (the tables' rows).
-MODULES = ("lpa", "lpa_amortized", "dropout", "manifold_mixup", "ada", "mixstyle", "dsu", "study")
+MODULES = ("lpa", "dropout", "manifold_mixup", "ada", "mixstyle", "dsu", "study", "swad")
 
 
 def load() -> Registry:

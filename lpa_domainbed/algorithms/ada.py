@@ -6,8 +6,8 @@ sample's activation norm, so one value serves every layer). This is the paper's 
 feature-space l2 ball; it is *not* Volpi et al.'s (2018) procedure (input-space gradient
 ascent with a feature-distance penalty and rounds of appended augmented samples). Like them,
 the model trains on both: ``loss = w * l(clean) + (1 - w) * l(perturbed)`` with
-``w = ada_clean_weight``. The clean term reuses the PGD search's first evaluation, so it adds
-only its backward.
+``w = ada_clean_weight``. The clean term's evaluation (with graph, float32) also gives the
+search's first gradient, so it costs only its backward.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ class ADAPass:
 class ADA(ActivationPerturbation):
     """Sample-level, loss-maximizing perturbation (eq. 5)."""
 
+    uses_tail = True  # the PGD search evaluates the tail at every cut
+
     @classmethod
     def hparam_specs(cls, dataset=None):
         return super().hparam_specs(dataset) + [
@@ -51,38 +53,44 @@ class ADA(ActivationPerturbation):
                       "(autocast)", choices=pgd.PRECISIONS),
         ]
 
-    def uses_tail(self, cut):
-        return True  # the PGD search evaluates the tail at every cut
-
     @property
     def search_steps(self) -> int:
         """``T`` (ada_steps): the PGD search evaluates the tail T times per update."""
         return int(self.hparams["ada_steps"])
 
-    def before_pass(self, step):
-        self._pass = ADAPass()
+    def begin(self, x, step):
+        return ADAPass()
 
-    def perturb(self, a, y, step, tail):
+    def perturb(self, a, y, step, tail, state):
         radius = self.hparams["ada_eps"] * flat_norms(a)
-        keep_clean = self.hparams["ada_clean_weight"] > 0 and step.training
-        delta, clean = pgd.l2_pgd(
-            lambda z: tail(z, detach_head=not keep_clean) if z is a else tail(z),
-            a, y, None, radius, torch.ones_like(radius), self.search_steps,
-            clean_graph=keep_clean, precision=self.hparams["ada_search_precision"])
-        if keep_clean:
-            self._pass.trained_clean_losses.append(clean)
-        if self._pass.first_clean_loss is None:
-            self._pass.first_clean_loss = clean.detach().float().mean()
+        ball = pgd.Ball(radius, torch.ones_like(radius), self.search_steps,
+                        precision=self.hparams["ada_search_precision"])
+        if self.hparams["ada_clean_weight"] > 0 and step.training:
+            # The trained clean loss carries the graph into the layers before the cut; its
+            # gradient at a is the search's first step (eq. 5 from delta = 0).
+            clean = F.cross_entropy(tail(a, detach_head=False).float(), y, reduction="none")
+            (g,) = torch.autograd.grad(clean.sum(), a, retain_graph=True)
+            start = pgd.pgd_step(torch.zeros_like(g, dtype=torch.float32), g, ball.sign,
+                                 ball.step_size, ball.project)
+            ball = dataclasses.replace(ball, steps=ball.steps - 1, size=ball.step_size)
+            delta = pgd.l2_pgd(tail, a, y, None, ball, delta=start).delta
+            state.trained_clean_losses.append(clean)
+        else:
+            found = pgd.l2_pgd(tail, a, y, None, ball)
+            delta, clean = found.delta, found.first_losses
+        if state.first_clean_loss is None:
+            state.first_clean_loss = clean.detach().float().mean()
         return a + delta.to(a.dtype)
 
-    def diagnostics(self):
-        if self._pass.first_clean_loss is None:
+    def report(self, logits, y, step, state):
+        if state.first_clean_loss is None:
             return {}
-        return {"clean_loss": self._pass.first_clean_loss}
+        return {"perturbed_loss": F.cross_entropy(logits.detach().float(), y),
+                "clean_loss": state.first_clean_loss}
 
-    def loss(self, logits, y, step):
+    def loss(self, logits, y, step, state):
         perturbed = F.cross_entropy(logits, y)
-        clean = self._pass.trained_clean_losses
+        clean = state.trained_clean_losses
         if not clean:
             return perturbed
         w = self.hparams["ada_clean_weight"]

@@ -11,24 +11,14 @@ import dataclasses
 
 import torch
 
-__all__ = ["ProbeResult", "Step"]
+from lpa_domainbed.perturb.pgd import row_norms
 
-# What the old context carried, and where it went (named by Step's AttributeError).
-_MOVED = {
-    "tail": "perturb's fourth argument: tail(z) evaluates the layers after the cut",
-    "cut": "tail.cut (perturb's fourth argument)",
-    "step": "step.number",
-    "scratch": "your algorithm's own attributes (a small dataclass set in perturb)",
-    "clean_losses": "your algorithm's own attributes; report them with diagnostics()",
-    "clean_logits": "your algorithm's own attributes",
-    "forward": "tail (perturb's fourth argument)",
-}
-
+__all__ = ["PassRecord", "ProbeResult", "Step", "flat_norms"]
 
 @dataclasses.dataclass(frozen=True)
 class Step:
     """An immutable record of one pass, computed once: what :meth:`perturb`, :meth:`loss` and
-    :meth:`after_optimizer_step` know besides the activation.
+    :meth:`end` know besides the activation.
 
     Attributes:
         y: labels ``[B]``.
@@ -49,12 +39,6 @@ class Step:
     @property
     def present(self) -> torch.Tensor:
         return self.counts > 0
-
-    def __getattr__(self, name):
-        if name in _MOVED:
-            raise AttributeError(f"Step has no {name!r} (perturb(a, y, ctx) became "
-                                 f"perturb(a, y, step, tail)): use {_MOVED[name]}")
-        raise AttributeError(name)
 
 
 @dataclasses.dataclass
@@ -79,3 +63,33 @@ class ProbeResult:
     clean_loss: torch.Tensor
     perturbed_loss: torch.Tensor
     counts: torch.Tensor
+
+
+def flat_norms(t: torch.Tensor) -> torch.Tensor:
+    """Per-sample l2 norm in float32, ``[B, ...] -> [B]`` (overflow-safe)."""
+    return row_norms(t.detach().float())
+
+
+@dataclasses.dataclass
+class PassRecord:
+    """What the base class keeps of one pass: per layer, each sample's ``|a~ - a| / |a|``,
+    and in ``probe()`` copies of ``a`` and ``a~`` (in ``update()`` they would keep two
+    activations alive through the backward pass)."""
+
+    keep_activations: bool
+    rel: dict = dataclasses.field(default_factory=dict)
+    clean: dict = dataclasses.field(default_factory=dict)
+    perturbed: dict = dataclasses.field(default_factory=dict)
+
+    def add(self, name: str, a: torch.Tensor, a_tilde: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.rel[name] = flat_norms(a_tilde - a) / flat_norms(a).clamp_min(1e-12)
+        if self.keep_activations:  # copies: an in-place op after the cut would change them
+            self.clean[name] = a.detach().clone()
+            self.perturbed[name] = a_tilde.detach().clone()
+
+    def mean_rel(self, y: torch.Tensor) -> torch.Tensor:
+        """Per-sample ``|a~ - a| / |a|`` averaged over the perturbed layers, ``[B]``."""
+        if not self.rel:
+            return torch.zeros(len(y), device=y.device)
+        return torch.stack(list(self.rel.values())).mean(0)

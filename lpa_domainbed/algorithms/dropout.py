@@ -75,7 +75,7 @@ class Dropout(ActivationPerturbation):
             hp.HParam("dropout_block_size", 3, doc="DropBlock square side", check=hp.at_least(1)),
         ]
 
-    def perturb(self, a, y, step, tail):
+    def perturb(self, a, y, step, tail, state):
         h = self.hparams
         return a * dropout_mask(a, h["dropout_p"], h["dropout_kind"],
                                 int(h["dropout_block_size"])).to(a.dtype)

@@ -39,7 +39,7 @@ class DSU(ActivationPerturbation):
                       check=hp.at_least(0)),
         ]
 
-    def perturb(self, a, y, step, tail):
+    def perturb(self, a, y, step, tail, state):
         if float(torch.rand(())) >= self.hparams["dsu_p"]:
             return a
         factor = self.hparams["dsu_factor"]

@@ -18,20 +18,17 @@ on the perturbed logits would feed the perturbation back into the split), relati
 class in ``P_a`` (domain generalization, default); ``mean_accuracy`` and ``frequency`` put the
 classes with ``s_c <= mean(s)`` there (below-mean accuracy / rarer than average).
 
-Modes: ``exact`` (default) runs the PGD search each update (``T`` extra evaluations of the
-layers after ``l``, nothing before ``l`` recomputed). ``amortized`` (our extension,
-:mod:`~lpa_domainbed.algorithms.lpa_amortized`) keeps ``delta_c`` across updates and takes
-one PGD step per update from the activation gradient the training backward computes anyway.
+Modes (``lpa_mode``, the search LPA composes, :mod:`~lpa_domainbed.algorithms.lpa_search`):
+``exact`` (default) runs the PGD search each update (``T`` extra evaluations of the layers
+after ``l``, nothing before ``l`` recomputed). ``amortized`` (our extension) keeps ``delta_c``
+across updates and takes one PGD step per update from the activation gradient the training
+backward computes anyway; ``LPA_Amortized`` is LPA with that default.
 
 The parts (:mod:`~lpa_domainbed.algorithms.lpa_parts`): ``s_c``, the split and the bound;
-the search (:meth:`LPA.perturb`, with :func:`~lpa_domainbed.perturb.pgd.l2_pgd`); adaptive
-layer selection (:meth:`LPA.select_layer`).
+the search; adaptive layer selection (:meth:`LPA.select_layer`).
 """
 
 from __future__ import annotations
-
-import dataclasses
-import functools
 
 import torch
 
@@ -39,33 +36,25 @@ from lpa_domainbed import hparams as hp
 from lpa_domainbed.algorithms import ALGORITHMS
 from lpa_domainbed.algorithms.base import ActivationPerturbation, flat_norms, require
 from lpa_domainbed.algorithms.lpa_parts import ClassStatistics, LayerChoice
+from lpa_domainbed.algorithms.lpa_search import SEARCHES, LPAPass
 from lpa_domainbed.perturb import pgd
-from lpa_domainbed.perturb.direction import DIRECTIONS, norm_cone, project_cone
+from lpa_domainbed.perturb.direction import DIRECTIONS
 
-__all__ = ["LPA", "LPL", "LPA_LPL"]
+__all__ = ["LPA", "LPA_Amortized", "LPL", "LPA_LPL"]
 
 SPLITS = ("all_positive", "mean_accuracy", "frequency")
 BOUNDS = ("fixed", "varied")
 RADII = ("relative", "absolute")
-MODES = ("exact", "amortized")
+MODES = tuple(SEARCHES)
 LAYER_SELECTION = ("fixed", "adaptive")
 BN_STATS = ("batch", "clean")
-
-
-@dataclasses.dataclass
-class LPAPass:
-    """What one pass of LPA keeps until the optimizer step: the clean logits of the first tail
-    evaluation (for ``s_c``; computed before any later cut is perturbed) and the first searched
-    layer's per-sample clean losses (``update()``'s ``clean_loss``)."""
-
-    clean_logits: torch.Tensor | None = None
-    clean_losses: torch.Tensor | None = None
-    amortized: list = dataclasses.field(default_factory=list)  # LPA_Amortized's pending steps
 
 
 @ALGORITHMS.register("LPA")
 class LPA(ActivationPerturbation):
     """Class-level learned activation perturbation (paper Algorithm 1). See module docs."""
+
+    uses_tail = True  # the exact search; the amortized one only for s_c (set per instance)
 
     @classmethod
     def hparam_specs(cls, dataset=None):
@@ -104,26 +93,14 @@ class LPA(ActivationPerturbation):
             h["lpa_mode"] == "exact" and not h["lpa_lowrank"]), "'loss' with lpa_mode="
             "'amortized' or lpa_lowrank > 0 ('conjecture' needs the exact, full-rank search)")
 
-    def __new__(cls, input_shape=None, num_classes=None, num_domains=None, hparams=None):
-        # lpa_mode = amortized on an exact class builds its amortized variant (the same
-        # subclass LPA_Amortized is), so each computation has one implementation.
-        if (hparams or {}).get("lpa_mode") == "amortized" and not cls.amortized:
-            from lpa_domainbed.algorithms.lpa_amortized import amortized_variant
-
-            cls = amortized_variant(cls)
-        return super().__new__(cls)
-
-    #: whether this class is amortized LPA (set by its subclass)
-    amortized = False
-
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         super().__init__(input_shape, num_classes, num_domains, hparams)
-        if (self.hparams["lpa_mode"] == "amortized") != self.amortized:
-            raise ValueError(f"hparam lpa_mode={self.hparams['lpa_mode']!r} is invalid for "
-                             f"{type(self).__name__}: use the algorithm LPA for exact LPA")
         self.statistics = ClassStatistics(num_classes, self.hparams)
         self.layer_choice = LayerChoice()
-        self._pass = LPAPass()
+        self.search = SEARCHES[self.hparams["lpa_mode"]](
+            self.hparams, num_classes, [c.name for c in self.cuts],
+            self.statistics.needs_accuracy)
+        self.uses_tail = self.search.uses_tail
 
     @property
     def class_accuracy(self) -> torch.Tensor:
@@ -142,53 +119,35 @@ class LPA(ActivationPerturbation):
             return bound * step.present
         return bound * pgd.group_mean(flat_norms(a), step.y, self.num_classes, step.counts)
 
-    # -- the search (eqs. 8-11) ------------------------------------------------------------
-    def uses_tail(self, cut):
-        return True
-
+    # -- one update's hooks: the search (eqs. 8-11) and s_c -------------------------------
     @property
     def search_steps(self) -> int:
-        """``T`` (lpa_steps): tail evaluations of the exact search per cut and update."""
-        return int(self.hparams["lpa_steps"])
+        """``T`` (lpa_steps) tail evaluations per cut and update for the exact search, 0 for
+        the amortized one."""
+        return self.search.search_steps
 
-    def before_pass(self, step):
-        self._pass = LPAPass()
-
-    def perturb(self, a, y, step, tail):
+    def begin(self, x, step):
+        """Adaptive layer selection (eq. 13) every ``K`` updates, in training only."""
         h = self.hparams
+        if (step.training and h["lpa_layer_select"] == "adaptive" and len(self.cuts) > 1
+                and step.number % int(h["lpa_select_every"]) == 0):
+            self.layer_choice.choose(self.cuts.index(self.select_layer(x, step.y)))
+        return LPAPass()
+
+    def perturb(self, a, y, step, tail, state):
         radius = self.radius(a, step, tail.cut.depth)
-        # "clean": PGD's first evaluation (z = a) fixes the BatchNorm statistics, so class c's
-        # direction g_c no longer moves with the other classes' perturbations.
-        bn_stats = {} if h["lpa_bn_stats"] == "clean" else None
-        first_cut = self._pass.clean_logits is None  # earlier cuts unperturbed: tail is clean
+        return self.search.perturb(a, y, step, tail, state, radius, self.statistics.signs())
 
-        def evaluate(z):
-            logits = tail(z, bn_stats=bn_stats)
-            if first_cut and self._pass.clean_logits is None:  # PGD's t = 0 evaluates z = a
-                self._pass.clean_logits = logits.detach()
-            return logits
-
-        signs = self.statistics.signs()
-        projection = pgd.l2_ball(radius)
-        if h["lpa_direction"] == "conjecture":  # eqs. 6-7: a cone on each delta_c, then the ball
-            axis, k = norm_cone(a, y, signs, radius)
-            projection = pgd.compose(functools.partial(project_cone, axis=axis, k=k), projection)
-        delta, clean = pgd.l2_pgd(evaluate, a, y, y, radius, signs,
-                                  self.search_steps, lowrank=h["lpa_lowrank"],
-                                  precision=h["lpa_search_precision"], counts=step.counts,
-                                  projection=projection)
-        if self._pass.clean_losses is None:
-            self._pass.clean_losses = clean
-        return a + delta[y].to(a.dtype)
-
-    def diagnostics(self):
-        if self._pass.clean_losses is None:
+    def report(self, logits, y, step, state):
+        if state.clean_losses is None:  # no search evaluated anything (amortized)
             return {}
-        return {"clean_loss": self._pass.clean_losses.float().mean()}
+        return {"perturbed_loss": torch.nn.functional.cross_entropy(logits.detach().float(), y),
+                "clean_loss": state.clean_losses.float().mean()}
 
-    def after_optimizer_step(self, step):
-        """The EMA of ``s_c`` (update() only; probe() never gets here)."""
-        self.statistics.update(self._pass.clean_logits, step.y, step.counts)
+    def end(self, step, state):
+        """The search's own step (amortized), then the EMA of ``s_c``."""
+        self.search.end(step, state)
+        self.statistics.update(state.clean_logits, step.y, step.counts)
 
     # -- adaptive layer selection (eq. 13) -------------------------------------------------
     def active_cuts(self, training):
@@ -196,24 +155,26 @@ class LPA(ActivationPerturbation):
             return [self.cuts[self.layer_choice.current]]
         return self.cuts
 
-    def update(self, minibatches, unlabeled=None):
-        h = self.hparams
-        if (h["lpa_layer_select"] == "adaptive" and len(self.cuts) > 1
-                and self.steps_done % int(h["lpa_select_every"]) == 0):
-            x = torch.cat([x for x, _ in minibatches])
-            y = torch.cat([y for _, y in minibatches])
-            self.layer_choice.choose(self.cuts.index(self.select_layer(x, y)))
-        return super().update(minibatches, unlabeled)
-
-    def select_layer(self, x, y):
-        """Eq. 13: the candidate layer whose perturbation changes the per-class loss most,
-        ``argmax_l sum_c |mean_c l(perturbed) - mean_c l(clean)|`` (state-free)."""
-        scores = []
+    def layer_scores(self, x, y) -> dict[str, float]:
+        """Eq. 13's score of each candidate layer, ``sum_c |mean_c l(perturbed) - mean_c
+        l(clean)|`` (state-free: one ``probe()`` per layer)."""
+        scores = {}
         for cut in self.cuts:
             result = self.probe(x, y, cuts=[cut])
-            scores.append(torch.nansum((result.perturbed_loss - result.clean_loss).abs()))
-        self.layer_scores = {c.name: float(s) for c, s in zip(self.cuts, scores)}
-        return self.cuts[int(torch.stack(scores).argmax())]
+            scores[cut.name] = torch.nansum((result.perturbed_loss - result.clean_loss).abs())
+        return scores
+
+    def select_layer(self, x, y):
+        """Eq. 13: the candidate layer whose perturbation changes the per-class loss most."""
+        scores = self.layer_scores(x, y)
+        return self.cuts[int(torch.stack(list(scores.values())).argmax())]
+
+
+@ALGORITHMS.register("LPA_Amortized")
+class LPA_Amortized(LPA):
+    """Amortized LPA under its own name, so that sweeps and tables hold it beside exact LPA."""
+
+    HPARAM_DEFAULTS = {"lpa_mode": "amortized"}
 
 
 @ALGORITHMS.register("LPL")

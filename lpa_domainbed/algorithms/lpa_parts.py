@@ -111,6 +111,10 @@ class ClassDeltas(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
+def _mirror_index(module, incompatible_keys) -> None:
+    module.current = int(module.index)
+
+
 class LayerChoice(nn.Module):
     """The index of the cut adaptive selection chose (a buffer, mirrored by an int)."""
 
@@ -118,8 +122,7 @@ class LayerChoice(nn.Module):
         super().__init__()
         self.register_buffer("index", torch.zeros((), dtype=torch.long))
         self.current = 0
-        self.register_load_state_dict_post_hook(
-            lambda module, _: setattr(module, "current", int(module.index)))
+        self.register_load_state_dict_post_hook(_mirror_index)  # a function: picklable
 
     def choose(self, index: int) -> None:
         self.current = index

@@ -26,12 +26,13 @@ from lpa_domainbed.algorithms.base import ActivationPerturbation
 __all__ = ["ManifoldMixup"]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class Mix:
-    """The last pass's mixing: ``lambda`` and each sample's partner ``j`` (eq. 4)."""
+    """One pass's mixing (eq. 4), drawn by ``perturb`` and read by ``loss``: ``lambda`` and
+    each sample's partner ``j`` (None until the cut has fired)."""
 
-    lam: float
-    partners: torch.Tensor
+    lam: float = 0.0
+    partners: torch.Tensor | None = None
 
 
 @ALGORITHMS.register("ManifoldMixup")
@@ -45,24 +46,19 @@ class ManifoldMixup(ActivationPerturbation):
                       check=hp.above(0)),
         ]
 
-    def __init__(self, input_shape, num_classes, num_domains, hparams):
-        if hparams.get("mmix_layers"):
-            raise ValueError("hparam mmix_layers was removed: give the candidate layers as a "
-                             "list in perturb_layer (one is drawn per update), e.g. "
-                             "perturb_layer='network_input,stage1,stage2'")
-        super().__init__(input_shape, num_classes, num_domains, hparams)
-
     def active_cuts(self, training):
         if len(self.cuts) == 1:
             return self.cuts
         return [self.cuts[int(torch.randint(len(self.cuts), ()))]]  # seeded by train.py
 
-    def perturb(self, a, y, step, tail):
-        lam = float(np.random.beta(self.hparams["mmix_alpha"], self.hparams["mmix_alpha"]))
-        perm = torch.randperm(len(a), device=a.device)
-        self.mix = Mix(lam, perm)
-        return a + lam * (a[perm] - a)
+    def begin(self, x, step):
+        return Mix()
 
-    def loss(self, logits, y, step):
-        lam, perm = self.mix.lam, self.mix.partners
+    def perturb(self, a, y, step, tail, mix):
+        mix.lam = float(np.random.beta(self.hparams["mmix_alpha"], self.hparams["mmix_alpha"]))
+        mix.partners = torch.randperm(len(a), device=a.device)
+        return a + mix.lam * (a[mix.partners] - a)
+
+    def loss(self, logits, y, step, mix):
+        lam, perm = mix.lam, mix.partners
         return (1 - lam) * F.cross_entropy(logits, y) + lam * F.cross_entropy(logits, y[perm])

@@ -55,7 +55,7 @@ class MixStyle(ActivationPerturbation):
             hp.HParam("mixstyle_mix", "random", hp.choice(MIXES), "partner choice", choices=MIXES),
         ]
 
-    def perturb(self, a, y, step, tail):
+    def perturb(self, a, y, step, tail, state):
         h = self.hparams
         if float(torch.rand(())) >= h["mixstyle_p"]:
             return a

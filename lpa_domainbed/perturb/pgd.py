@@ -12,14 +12,15 @@ length and ``T = 1`` gives exactly ``delta_g = sign_g * r_g * g_g / |g_g|``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["PRECISIONS", "compose", "group_counts", "group_mean", "l2_ball", "l2_pgd",
-           "low_rank", "project", "row_norms", "search_autocast", "search_region", "unit"]
+__all__ = ["PRECISIONS", "Ball", "SearchResult", "compose", "group_counts", "group_mean", "l2_ball", "l2_pgd",
+           "low_rank", "pgd_step", "project", "row_norms", "search_autocast", "search_region", "unit"]
 
 #: The search's precisions (``lpa_search_precision``, ``ada_search_precision``).
 PRECISIONS = ("float32", "bfloat16")
@@ -169,61 +170,98 @@ def flat_basis(per_sample_grads: torch.Tensor, groups: torch.Tensor, num_groups:
     return basis
 
 
-def l2_pgd(tail, a: torch.Tensor, y: torch.Tensor, groups: torch.Tensor | None,
-           radius: torch.Tensor, sign: torch.Tensor, steps: int, *, lowrank: float = 0.0,
-           clean_graph: bool = False, precision: str = "float32",
-           counts: torch.Tensor | None = None, projection: Projection | None = None):
-    """``T = steps`` normalized l2 PGD steps on a perturbation shared within each group.
+@dataclasses.dataclass(frozen=True)
+class Ball:
+    """What a search needs besides the network: per group ``g``, the ball radius ``r_g``
+    ``[G]``, the direction ``sign_g`` ``[G]`` (+1 maximize the loss, -1 minimize it), the
+    number of steps ``T``, the step size (default ``kappa_g = 2 r_g / T``, paper 4.1; a
+    search continued by :func:`l2_pgd` keeps the full search's), the projection after each
+    step (default: the l2 ball of ``radius``), the low-rank ratio ``k / d`` of eq. 12 (0:
+    full rank), and the precision of the tail evaluations."""
+
+    radius: torch.Tensor
+    sign: torch.Tensor
+    steps: int
+    projection: Projection | None = None
+    lowrank: float = 0.0
+    precision: str = "float32"
+    size: torch.Tensor | None = None
+
+    @property
+    def step_size(self) -> torch.Tensor:
+        return 2.0 * self.radius.float() / self.steps if self.size is None else self.size
+
+    def project(self, delta: torch.Tensor) -> torch.Tensor:
+        return (self.projection or l2_ball(self.radius.float()))(delta)
+
+
+def pgd_step(delta: torch.Tensor, grad: torch.Tensor, sign: torch.Tensor, size: torch.Tensor,
+             projection: Projection, lowrank: float = 0.0,
+             basis: torch.Tensor | None = None) -> torch.Tensor:
+    """The one PGD step rule (eqs. 9-11): ``Proj(delta + sign * size * g / |g|)``, every
+    group at once, float32.
+
+    Shapes: ``delta`` and ``grad`` (the group's mean activation gradient) ``[G, ...]``,
+    ``sign`` and ``size`` ``[G]``. With ``lowrank`` (eq. 12) the gradient and the moved
+    delta are truncated by :func:`low_rank` (``basis``: its flat-activation span) before the
+    projection."""
+    grad = grad.float()
+    if lowrank:
+        grad = low_rank(grad, lowrank, basis)
+    delta = delta + _bshape(sign.float() * size, delta) * unit(grad)
+    if lowrank:
+        delta = low_rank(delta, lowrank, basis)
+    return projection(delta)
+
+
+@dataclasses.dataclass
+class SearchResult:
+    """What :func:`l2_pgd` found: ``delta [G, ...]`` (float32), and of its first evaluation
+    (``z = a + delta`` as given, so the clean activation when the search starts at 0) the
+    per-sample losses ``[B]`` and the logits, both without graph."""
+
+    delta: torch.Tensor
+    first_losses: torch.Tensor | None
+    first_logits: torch.Tensor | None
+
+
+def l2_pgd(tail, a: torch.Tensor, y: torch.Tensor, groups: torch.Tensor | None, ball: Ball,
+           delta: torch.Tensor | None = None, counts: torch.Tensor | None = None) -> SearchResult:
+    """Normalized l2 PGD on a perturbation shared within each group: ``ball.steps`` steps of
+    :func:`pgd_step`, each from one evaluation of ``tail`` at ``a + delta``.
 
     Args:
-        tail: ``z -> logits`` (``f_{l+1:L}``); called ``steps`` times.
-        a: clean activation ``[B, ...]``.
+        tail: ``z -> logits`` (``f_{l+1:L}``), called once per step under
+            :func:`search_region` (``ball.precision``).
+        a: clean activation ``[B, ...]`` (the search never differentiates through it).
         y: labels ``[B]``.
         groups: group index of each sample ``[B]``, values in ``0..G-1``; None: one group per
             sample (ADA), which needs no group mean and no gather.
-        radius: ball radius per group ``[G]``; sign: +1 (maximize loss) or -1 (minimize) ``[G]``.
-        lowrank: ``k / d`` ratio of :func:`low_rank` (0: full rank).
-        clean_graph: if True, ``tail`` is first called on ``a`` itself with the graph kept, and
-            the clean per-sample losses returned carry it (ADA trains on them too); that
-            evaluation is part of the training pass, so it runs in float32 whatever
-            ``precision``.
-        precision: ``"float32"`` or ``"bfloat16"``: the tail evaluations run under
-            :func:`search_region`; the gradients, delta and its projection are float32.
+        ball: radius, sign, steps, projection, low rank and precision (:class:`Ball`).
+        delta: the start ``[G, ...]`` (default 0); a caller that took the first step itself
+            passes its delta and a ``ball`` with the steps left and the full search's
+            ``size``.
         counts: :func:`group_counts` of ``groups``, when the caller has them.
-        projection: ``delta [G, ...] -> delta``, applied after every step (default
-            :func:`l2_ball` of ``radius``; extend it with :func:`compose`).
-
-    Returns:
-        ``(delta [G, ...] float32, clean per-sample losses [B])``.
     """
-    G = int(radius.numel())
-    radius, sign = radius.float(), sign.float()
-    projection = projection or l2_ball(radius)
-    kappa = 2.0 * radius / steps
-    delta = a.new_zeros((G, *a.shape[1:]), dtype=torch.float32)
+    G = int(ball.radius.numel())
+    size, sign = ball.step_size, ball.sign.float()
+    if delta is None:
+        delta = a.new_zeros((G, *a.shape[1:]), dtype=torch.float32)
     if groups is not None and counts is None:
         counts = group_counts(groups, G)
-    clean, basis = None, None
-    with search_region(a.device, precision) as evaluation:
-        for t in range(steps):
-            if t == 0:
-                z = a if clean_graph else a.detach().requires_grad_(True)
-            else:
-                shared = delta if groups is None else delta[groups]
-                z = (a.detach() + shared.to(a.dtype)).requires_grad_(True)
-            with contextlib.nullcontext() if clean_graph and t == 0 else evaluation():
+    first_losses = first_logits = basis = None
+    with search_region(a.device, ball.precision) as evaluation:
+        for _ in range(ball.steps):
+            shared = delta if groups is None else delta[groups]
+            z = (a.detach() + shared.to(a.dtype)).requires_grad_(True)
+            with evaluation():
                 logits = tail(z)
             losses = F.cross_entropy(logits.float(), y, reduction="none")
-            (g,) = torch.autograd.grad(losses.sum(), z, retain_graph=clean_graph and t == 0)
-            if t == 0:
-                clean = losses if clean_graph else losses.detach()
-                if lowrank and a.dim() == 2:
-                    basis = flat_basis(g, groups, G, lowrank)
-            g_mean = g.float() if groups is None else group_mean(g, groups, G, counts)
-            if lowrank:
-                g_mean = low_rank(g_mean, lowrank, basis)
-            delta = delta + _bshape(sign * kappa, delta) * unit(g_mean)
-            if lowrank:
-                delta = low_rank(delta, lowrank, basis)
-            delta = projection(delta)
-    return delta, clean
+            (g,) = torch.autograd.grad(losses.sum(), z)
+            if first_losses is None:
+                first_losses, first_logits = losses.detach(), logits.detach()
+                if ball.lowrank and a.dim() == 2:
+                    basis = flat_basis(g, groups, G, ball.lowrank)
+            g_mean = g if groups is None else group_mean(g, groups, G, counts)
+            delta = pgd_step(delta, g_mean, sign, size, ball.project, ball.lowrank, basis)
+    return SearchResult(delta, first_losses, first_logits)

@@ -88,9 +88,9 @@ class Tail:
         if self.cut.name not in self._recording.tail_cuts:
             raise RuntimeError(
                 f"tail at {self.cut.name!r}: this pass kept no records for it (it was not in "
-                f"run(..., tail_cuts=...); for an ActivationPerturbation, uses_tail() "
-                f"returned False for this layer: override uses_tail() to return True where "
-                f"perturb() calls its tail)")
+                f"run(..., tail_cuts=...); for an ActivationPerturbation, its uses_tail is "
+                f"False: set the class attribute uses_tail = True when perturb() calls its "
+                f"tail)")
         if not self._open:
             raise RuntimeError(f"the tail at {self.cut.name!r} is only available inside its "
                                f"on_cut (perturb): its records are gone")

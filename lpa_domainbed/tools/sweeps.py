@@ -146,12 +146,10 @@ def check_names(spec: SweepSpec) -> None:
 
 def check_hparams(spec: SweepSpec) -> None:
     """The sweep's ``hparams`` checked for every algorithm of the sweep, as each checks them
-    when its job starts (:func:`lpa_domainbed.hparams_check.validate_sweep_hparams`: names,
-    types, values), so a typo fails here, before any job is launched, not in every job."""
+    when its job starts (:func:`validate_sweep_hparams`: names, types, values), so a typo
+    fails here, before any job is launched, not in every job."""
     if not spec.hparams:
         return
-    from lpa_domainbed.hparams_check import validate_sweep_hparams
-
     try:
         validate_sweep_hparams(spec.expanded_algorithms(), dict(spec.hparams))
     except ValueError as error:
@@ -226,3 +224,37 @@ def missing_data(spec: SweepSpec, data_dir) -> list[str]:
         if sub and not (Path(data_dir) / sub).is_dir():
             problems.append(f"{dataset}: no directory {Path(data_dir) / sub}")
     return problems
+
+
+def validate_sweep_hparams(algorithms, hparams: dict | None) -> None:
+    """Check a sweep file's ``hparams`` (given to every job) for each of ``algorithms``.
+
+    Raises ``ValueError`` listing every problem, one per line, each naming the algorithm:
+    an unknown name (for an algorithm of this package, which refuses unknown names at
+    construction; for DomainBed's own algorithms, which ignore them, only a name no algorithm
+    of the sweep knows), a wrong type, a non-finite number, a value outside an HParam's
+    ``choices`` or ``check``. Needs DomainBed importable; an unknown algorithm is a problem.
+    """
+    from domainbed import algorithms as domainbed_algorithms
+
+    import lpa_domainbed
+    from lpa_domainbed import hparams as hp
+    from lpa_domainbed.algorithms.base import ActivationPerturbation
+    from lpa_domainbed.hparams_check import known_types, problems, registry_types
+
+    lpa_domainbed.register()
+    hparams, found, checks = dict(hparams or {}), [], {}
+    for name in dict.fromkeys(algorithms):
+        try:
+            cls = domainbed_algorithms.get_algorithm_class(name)
+        except NotImplementedError as error:
+            found.append(f"{name}: {error}")
+            continue
+        checks[name] = (cls, hp.specs_of(cls), registry_types(name))
+    anyone_knows = set().union(*(known_types(s, t) for _, s, t in checks.values()))
+    for name, (cls, specs, types) in checks.items():
+        lenient = set() if issubclass(cls, ActivationPerturbation) else anyone_knows
+        found += [f"{name}: {problem}" for problem in problems(name, specs, types, hparams,
+                                                               lenient)]
+    if found:
+        raise ValueError("\n".join(found))

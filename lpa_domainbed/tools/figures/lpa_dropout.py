@@ -28,8 +28,8 @@ class LPADropout(LPA):
         return super().hparam_specs(dataset) + [
             s for s in Dropout.hparam_specs(dataset) if s.name.startswith("dropout_")]
 
-    def perturb(self, a, y, step, tail):
-        a_lpa = super().perturb(a, y, step, tail)
+    def perturb(self, a, y, step, tail, state):
+        a_lpa = super().perturb(a, y, step, tail, state)
         h = self.hparams
         mask = dropout_mask(a_lpa, h["dropout_p"], h["dropout_kind"],
                             int(h["dropout_block_size"]))
