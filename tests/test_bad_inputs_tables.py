@@ -136,11 +136,11 @@ def written_through(tmp):
 
 
 ROWS = [  # (id, prepare, exit status, fragment of stdout + stderr, check(tmp) afterwards)
-    ("rerun keeps the user's paired_* files", rerun_into_results, 0, "wrote 12 files", None),
-    ("rerun into a user's folder", rerun_into_users_folder, 0, "wrote 12 files", None),
-    ("--out_dir .", out_dir_dot, 0, "wrote 15 files to .", None),
-    ("--out_dir . twice", out_dir_dot_twice, 0, "wrote 12 files to .", None),
-    ("results/NAME a symlink: written through", symlinked_name, 0, "wrote 12 files",
+    ("rerun keeps the user's paired_* files", rerun_into_results, 0, "wrote 16 files", None),
+    ("rerun into a user's folder", rerun_into_users_folder, 0, "wrote 16 files", None),
+    ("--out_dir .", out_dir_dot, 0, "wrote 19 files to .", None),
+    ("--out_dir . twice", out_dir_dot_twice, 0, "wrote 16 files to .", None),
+    ("results/NAME a symlink: written through", symlinked_name, 0, "wrote 16 files",
      written_through),
     ("results/NAME a dangling symlink", dangling_link, 2, "is a symbolic link to", None),
     ("a directory where a file goes", directory_in_the_way, 2, "is a directory, where", None),
@@ -150,7 +150,7 @@ ROWS = [  # (id, prepare, exit status, fragment of stdout + stderr, check(tmp) a
     ("--reference_csv wrong columns", reference(b"a,b\n1,2\n"), 2,
      "lacks the column(s) source, model_selection, algorithm (it has: a, b)", None),
     ("--reference_csv missing", reference(None), 2, "does not exist", None),
-    ("same --input_dir twice", input_twice, 0, "wrote 12 files",
+    ("same --input_dir twice", input_twice, 0, "wrote 16 files",
      markdown_says("48 records from 12 jobs")),
     ("--pair of an unknown algorithm", pair("Nope:ERM"), 2, "'Nope' has no runs", None),
     ("--pair not A:B", pair("Mixup"), 2, "write ALGORITHM:BASELINE", None),

@@ -10,15 +10,17 @@ bar charts, forest plots and a comparison with published numbers.
 
 One route, one module per step:
 
-1. :mod:`tables_load`: the job directories' records, and what is wrong with them;
+1. :mod:`tables_load` (with :mod:`tables_records`, :mod:`tables_duplicates` and
+   :mod:`tables_report`): the job directories' records, and what is wrong with them;
 2. :mod:`tables_frame`: the one results frame (a selected accuracy per selection method,
    dataset, algorithm, held-out domain and trial);
 3. :mod:`tables_cells` (cells and overview) and :mod:`paired` (paired differences), group-bys
    of the frame;
-4. :mod:`tables_write`, :mod:`paired`, :mod:`paired_plot`, :mod:`tables_reference`: the text of
-   every file, returned, never written;
+4. :mod:`tables_write`, :mod:`tables_selected` (the run and checkpoint model selection chose
+   per cell), :mod:`paired`, :mod:`paired_plot`, :mod:`tables_reference`: the text of every
+   file, returned, never written;
 5. :mod:`safe_output`: every file written at once, under a lock, removing only what an
-   earlier run wrote.
+   earlier run wrote, and never replacing a file it did not write.
 
 Run ``python -m lpa_domainbed.tools.tables --input_dir DIR [DIR ...] --name NAME``.
 """
@@ -42,6 +44,7 @@ try:  # the command explains a missing DomainBed instead of failing at import
     from lpa_domainbed.tools.tables_reference import (ReferenceCsvError, compare_with_published,
                                                       comparison_markdown, copy_reference,
                                                       published_reference, read_reference)
+    from lpa_domainbed.tools.tables_selected import selected_outputs
     from lpa_domainbed.tools.tables_write import bar_charts, selection_outputs
 except ModuleNotFoundError as missing:
     if (missing.name or "").split(".")[0] != "domainbed":
@@ -151,6 +154,7 @@ def make_tables(input_dirs, name, out_root="results", reference_csv=None, plots=
     outputs = {}
     for selection in results.selections:
         outputs.update(selection_outputs(cells, overview, report, selection, name))
+    outputs.update(selected_outputs(records, results, name))
     outputs.update(bar_charts(cells) if plots else {})
     comparison, comparison_file = _comparison(overview, reference)
     outputs.update(comparison_file)
