@@ -127,6 +127,13 @@ def extra_job(dataset, test_env):
     return prepare
 
 
+def only_unusable_records(tmp):
+    from test_tables import write_job
+
+    write_job(tmp / "lone", "odd_job", "ColoredMNIST", "ERM", 9, 0, 0.9, 0.9)
+    return ["--input_dir", str(tmp / "lone"), "--name", "t"], []
+
+
 def pair_twice(tmp):
     return [*sweep(tmp), "--name", "t", "--no-plots", "--pair", "Mixup:ERM",
             "--pair", "Mixup:ERM"], []

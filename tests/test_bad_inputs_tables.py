@@ -177,6 +177,8 @@ ROWS = [  # (id, prepare, exit status, fragment of stdout + stderr, check(tmp) a
      "test_envs [9] outside ColoredMNIST's 3 domains (0 to 2)", None),
     ("a ../ dataset name", bad.extra_job("../x", 0), 0, "dataset '../x' is not a plain name",
      None),
+    ("every record unusable", bad.only_unusable_records, 2,
+     "no usable records in", None),
     ("--pair given twice", bad.pair_twice, 0, "--pair Mixup:ERM given more than once: compared "
      "once", bad.pair_row_once),
     ("--baseline typo", bad.baseline_typo, 2,

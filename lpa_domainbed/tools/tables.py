@@ -139,6 +139,11 @@ def make_tables(input_dirs, name, out_root="results", reference_csv=None, plots=
         reference_csv = reference_csv if reference_csv.is_file() else published_reference()
     reference = read_reference(reference_csv)
     records, report = load_records(input_dirs, complete_only=complete_only)
+    if not len(records) and report.skipped_records:
+        raise NoRecordsError(f"no usable records in {', '.join(report.input_dirs)} "
+                             f"({report.summary()}): " + "; ".join(
+                                 f"{path}: {reason}" for path, reasons in
+                                 list(report.skipped_records.items())[:3] for reason in reasons))
     if not len(records):
         raise NoRecordsError(f"no results.jsonl records in {', '.join(report.input_dirs)}; "
                              f"{HOW_TO_GET_RESULTS}")

@@ -169,7 +169,7 @@ def cell_tables(results, report=None):
                                                    sort=False)))
     cells, overview = [], []
     for selection in results.selections:
-        averages = {}  # (dataset, algorithm) -> (the domain average cell, the trial averages)
+        averages = {}  # (dataset, algorithm) -> (its Avg cell, trial averages, n domains)
         for dataset in results.datasets:
             n_expected = results.n_trials(dataset)
             names = results.environments[dataset]
