@@ -1,7 +1,8 @@
-"""Bad inputs and faults around ``lpa-domainbed tables`` (second round), table-driven like
-test_bad_inputs_tools.py: each row prepares a sweep, the user's files and the arguments, and
-gives the exit status, a fragment of the output, and the files that must still be on disk,
-unchanged, afterwards. No temporary folder (``.*.old.*``, ``.tables.new.*``) may be left."""
+"""Bad inputs and faults around ``lpa-domainbed tables`` (second and third rounds; the third
+round's cases are in bad_tables_cases.py), table-driven like test_bad_inputs_tools.py: each row
+prepares a sweep, the user's files and the arguments, and gives the exit status, a fragment of
+the output, and the files that must still be on disk, unchanged, afterwards. A run that fails
+changes no file; no temporary folder (``.*.old.*``, ``.tables.new.*``) may be left."""
 
 import fcntl
 import os
@@ -10,6 +11,7 @@ import sys
 
 import pytest
 
+import bad_tables_cases as bad
 from conftest import HAVE_DOMAINBED, NO_DOMAINBED, REPO
 
 pytestmark = [pytest.mark.torch, pytest.mark.skipif(not HAVE_DOMAINBED, reason=NO_DOMAINBED)]
@@ -115,8 +117,18 @@ def pair(spec):
 
 
 NEEDS = "source, model_selection, algorithm"
-def markdown_says(text):
-    return lambda tmp: text in (tmp / "results" / "t" / "training_domain_validation.md").read_text()
+def markdown_says(text, name="training_domain_validation.md"):
+    return lambda tmp: text in (tmp / "results" / "t" / name).read_text()
+
+
+def snapshot(folder):
+    """Every file under ``folder`` (links not followed) and its bytes."""
+    files = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            files[path] = None if os.path.islink(path) else open(path, "rb").read()
+    return files
 
 
 def written_through(tmp):
@@ -124,11 +136,11 @@ def written_through(tmp):
 
 
 ROWS = [  # (id, prepare, exit status, fragment of stdout + stderr, check(tmp) afterwards)
-    ("rerun keeps the user's paired_* files", rerun_into_results, 0, "wrote 12 files", None),
-    ("rerun into a user's folder", rerun_into_users_folder, 0, "wrote 12 files", None),
-    ("--out_dir .", out_dir_dot, 0, "wrote 15 files to .", None),
-    ("--out_dir . twice", out_dir_dot_twice, 0, "wrote 12 files to .", None),
-    ("results/NAME a symlink: written through", symlinked_name, 0, "wrote 12 files",
+    ("rerun keeps the user's paired_* files", rerun_into_results, 0, "wrote 16 files", None),
+    ("rerun into a user's folder", rerun_into_users_folder, 0, "wrote 16 files", None),
+    ("--out_dir .", out_dir_dot, 0, "wrote 19 files to .", None),
+    ("--out_dir . twice", out_dir_dot_twice, 0, "wrote 16 files to .", None),
+    ("results/NAME a symlink: written through", symlinked_name, 0, "wrote 16 files",
      written_through),
     ("results/NAME a dangling symlink", dangling_link, 2, "is a symbolic link to", None),
     ("a directory where a file goes", directory_in_the_way, 2, "is a directory, where", None),
@@ -138,10 +150,44 @@ ROWS = [  # (id, prepare, exit status, fragment of stdout + stderr, check(tmp) a
     ("--reference_csv wrong columns", reference(b"a,b\n1,2\n"), 2,
      "lacks the column(s) source, model_selection, algorithm (it has: a, b)", None),
     ("--reference_csv missing", reference(None), 2, "does not exist", None),
-    ("same --input_dir twice", input_twice, 0, "wrote 12 files",
+    ("same --input_dir twice", input_twice, 0, "wrote 16 files",
      markdown_says("48 records from 12 jobs")),
     ("--pair of an unknown algorithm", pair("Nope:ERM"), 2, "'Nope' has no runs", None),
     ("--pair not A:B", pair("Mixup"), 2, "write ALGORITHM:BASELINE", None),
+    # third round
+    *[(f"the user's {name} in --out_dir ., second run", bad.users_table_file(name), 2,
+       f"{name}: not written by an earlier run of this tool", bad.users_file_intact(name))
+      for name in ("oracle.md", "paired_oracle.md", "selected_oracle.csv")],
+    ("a stale <hash>_old copy: counted once", bad.stale_copy, 0,
+     "1 duplicate job directory (the same records as another, counted once)",
+     bad.copy_counted_once),
+    ("one job in two --input_dir, different records", bad.other_run_in_second_input_dir, 2,
+     "is in 2 job directories with different records", None),
+    ("NaN validation accuracy", bad.nan_where("ColoredMNIST_ERM_0_0", "env1_out_acc", True), 0,
+     "skipped 1 record (non-finite accuracy: 1)",
+     bad.cell_says("ERM", "+90%", "1 record skipped: non-finite accuracy")),
+    ("NaN held-out accuracy drops a trial", bad.nan_where("ColoredMNIST_ERM_0_1", "env0_in_acc",
+                                                          False), 0,
+     "4 records skipped: non-finite accuracy",
+     bad.cell_says("ERM", "+90%", "incomplete (1/2 trials), 4 records skipped")),
+    ("records without env2_out_acc", bad.without_out_acc, 0,
+     "lacks env2_out_acc (ColoredMNIST has 3 domains)",
+     bad.cell_says("Mixup", "+80%", "4 records skipped: lacks env2_out_acc")),
+    ("test_envs [9]", bad.extra_job("ColoredMNIST", 9), 0,
+     "test_envs [9] outside ColoredMNIST's 3 domains (0 to 2)", None),
+    ("a ../ dataset name", bad.extra_job("../x", 0), 0, "dataset '../x' is not a plain name",
+     None),
+    ("every record unusable", bad.only_unusable_records, 2,
+     "no usable records in", None),
+    ("--pair given twice", bad.pair_twice, 0, "--pair Mixup:ERM given more than once: compared "
+     "once", bad.pair_row_once),
+    ("--baseline typo", bad.baseline_typo, 2,
+     "--baseline 'EMR' has no runs in this sweep; pass one of: ERM, Mixup", None),
+    ("incomplete sweep: Avg and Averages agree", bad.one_trial_lacks_domains, 0,
+     "trials with every domain", bad.both_tables_agree),
+    ("an algorithm whose jobs all fail", bad.broken_algorithm, 0,
+     "ValueError: Broken cannot train",
+     bad.cell_says("Broken", "+90%", "no results: 6 jobs failed")),
 ]
 
 
@@ -154,6 +200,7 @@ def test_tables_bad_inputs(tmp_path, monkeypatch, capsys, prepare, status, fragm
     monkeypatch.setattr(safe_output, "LOCK_WAIT_S", 0.3, raising=False)
     argv, kept = prepare(tmp_path)
     before = {path: open(path, "rb").read() for path in kept}
+    everything = snapshot(tmp_path)
     capsys.readouterr()
     try:
         code = tables.main([*argv, "--out_root", str(tmp_path / "results")])
@@ -167,7 +214,7 @@ def test_tables_bad_inputs(tmp_path, monkeypatch, capsys, prepare, status, fragm
     if "reference_csv" in argv:
         assert argv[argv.index("--reference_csv") + 1] in out and NEEDS in out
     if status:
-        assert "Traceback" not in out and not (tmp_path / "results" / "t" / "oracle.csv").exists()
+        assert "Traceback" not in out and snapshot(tmp_path) == everything
     for path, content in before.items():
         assert open(path, "rb").read() == content, path
     left = [p for p in tmp_path.rglob(".*") if ".old." in p.name or ".tables.new." in p.name]

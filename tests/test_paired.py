@@ -149,16 +149,27 @@ def test_baseline_flag(tmp_path, capsys):
     assert not list((out_root / "b").glob("*.png"))
 
 
-def test_missing_baseline_is_a_message_not_a_crash(tmp_path, capsys):
+def test_a_named_baseline_without_runs_is_an_error(tmp_path, capsys):
+    """A --baseline typo stops the run, naming the choices; nothing is written or removed."""
     sweep = write_sweep(tmp_path / "sweep")
     out_root = tmp_path / "results"
     assert tables.main(["--input_dir", str(sweep), "--name", "m", "--out_root", str(out_root),
-                        "--no-plots", "--baseline", "Nope"]) == 0
+                        "--no-plots", "--baseline", "Nope"]) == 2
+    err = capsys.readouterr().err
+    assert "--baseline 'Nope' has no runs in this sweep; pass one of: ERM, Better" in err
+    assert not (out_root / "m").exists()
+
+
+def test_without_erm_the_default_baseline_is_a_message(tmp_path, capsys):
+    sweep = write_sweep(tmp_path / "sweep", {k: v for k, v in ACCS.items() if k[0] != "ERM"})
+    out_root = tmp_path / "results"
+    assert tables.main(["--input_dir", str(sweep), "--name", "m", "--out_root", str(out_root),
+                        "--no-plots"]) == 0
     assert (out_root / "m" / f"{TDV}.md").is_file()  # the usual tables are still written
     assert not list((out_root / "m").glob("paired*"))
     printed = capsys.readouterr().out
-    assert "baseline 'Nope' has no runs in this sweep" in printed
-    assert "ERM" in printed and "--baseline" in printed
+    assert "baseline 'ERM' has no runs in this sweep" in printed
+    assert "Better" in printed and "--baseline" in printed
 
 
 def test_baseline_alone_writes_no_paired_files(tmp_path, capsys):

@@ -169,7 +169,7 @@ def test_cli_writes_tables(sweeps, tmp_path, capsys):
     assert tables.main(argv) == 0
     assert (out_root / "cli" / "training_domain_validation.md").is_file()
     assert not list((out_root / "cli").glob("*.png"))
-    assert "wrote 12 files" in capsys.readouterr().err  # 3 tables + 3 paired per selection
+    assert "wrote 16 files" in capsys.readouterr().err  # per selection: 3 tables, 3 paired, 2 runs
 
 
 # ----------------------------------------------------------------------------- corrupt input

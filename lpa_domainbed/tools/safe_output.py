@@ -8,7 +8,10 @@ temporary folder inside the directory and renames each into place: every file is
 or new, at every moment. A manifest (``.manifest.json``) lists the files a run wrote; the next
 run removes those of them it does not write again, and nothing else: a user's
 ``paired_notes.md``, a RUN.md written by another tool, any file in a folder given as
-``--out_dir`` (``.`` included) stays. An output directory that is a symbolic link to a
+``--out_dir`` (``.`` included) stays. A file that has the name of one this run writes but is not
+in the manifest (the user's own ``oracle.md`` in ``--out_dir .``, say) is never replaced: the
+run stops before writing anything and names the file, so the user moves it or picks another
+directory. An output directory that is a symbolic link to a
 directory is written through: the files go where it points, and the link stays. When the
 output cannot be written, nothing is left behind: no temporary folder, and no directory that
 this run created.
@@ -26,8 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["OutputError", "check_name", "write_outputs", "atomic_write_text", "MANIFEST",
-           "LOCK_WAIT_S"]
+__all__ = ["OutputError", "check_name", "is_plain_name", "write_outputs", "atomic_write_text",
+           "MANIFEST", "LOCK_WAIT_S"]
 
 MANIFEST = ".manifest.json"
 LOCK_WAIT_S = 120.0  # how long a writer waits for another writer of the same directory
@@ -38,9 +41,14 @@ class OutputError(ValueError):
     """An output name or directory that cannot be used; the message says what to pass."""
 
 
+def is_plain_name(name) -> bool:
+    """Whether ``name`` is a plain name: letters, digits, '.', '_' and '-', no path, no '..'."""
+    return isinstance(name, str) and bool(_PLAIN_NAME.fullmatch(name)) and ".." not in name
+
+
 def check_name(name: str) -> str:
     """``name`` if it is a plain name (no path): it becomes ``<out_root>/<name>/``."""
-    if not _PLAIN_NAME.fullmatch(name or "") or ".." in name:
+    if not is_plain_name(name):
         raise OutputError(f"--name {name!r} is not a plain name: use letters, digits, '.', '_' "
                           f"and '-' only (e.g. --name demo writes results/demo/); to write "
                           f"elsewhere, pass --out_dir DIR")
@@ -125,6 +133,20 @@ def _write_manifest(target: Path, names) -> None:
     atomic_write_text(target / MANIFEST, json.dumps({"files": sorted(names)}, indent=1) + "\n")
 
 
+def _refuse_foreign(names, target: Path) -> None:
+    """Refuse to replace a file (or link) named like one of ``names`` that no earlier run of
+    the tool wrote here (it is not in the manifest): it is the user's."""
+    ours = _ours(target)
+    foreign = [n for n in names if n not in ours and ((target / n).is_symlink() or (
+        (target / n).exists() and not (target / n).is_dir()))]
+    if foreign:
+        listed = ", ".join(str(target / n) for n in foreign)
+        raise OutputError(f"{listed}: not written by an earlier run of this tool (not in "
+                          f"{target / MANIFEST}), and this run writes a file of that name; "
+                          f"your file is kept and nothing was written: move or rename it, or "
+                          f"pass another --out_dir (or --name)")
+
+
 def _stage_files(files: dict, stage: Path, target: Path) -> None:
     """Write ``files`` into ``stage``; refuse a directory where a file goes."""
     for name, content in files.items():
@@ -162,6 +184,7 @@ def write_outputs(target, files: dict) -> list:
     fd, stage, staged = None, None, False
     try:
         fd = _lock(target)
+        _refuse_foreign(files, target)
         stage = Path(tempfile.mkdtemp(prefix=".tables.new.", dir=target))
         _stage_files(files, stage, target)
         staged = True

@@ -10,15 +10,17 @@ bar charts, forest plots and a comparison with published numbers.
 
 One route, one module per step:
 
-1. :mod:`tables_load`: the job directories' records, and what is wrong with them;
+1. :mod:`tables_load` (with :mod:`tables_records`, :mod:`tables_duplicates` and
+   :mod:`tables_report`): the job directories' records, and what is wrong with them;
 2. :mod:`tables_frame`: the one results frame (a selected accuracy per selection method,
    dataset, algorithm, held-out domain and trial);
 3. :mod:`tables_cells` (cells and overview) and :mod:`paired` (paired differences), group-bys
    of the frame;
-4. :mod:`tables_write`, :mod:`paired`, :mod:`paired_plot`, :mod:`tables_reference`: the text of
-   every file, returned, never written;
+4. :mod:`tables_write`, :mod:`tables_selected` (the run and checkpoint model selection chose
+   per cell), :mod:`paired`, :mod:`paired_plot`, :mod:`tables_reference`: the text of every
+   file, returned, never written;
 5. :mod:`safe_output`: every file written at once, under a lock, removing only what an
-   earlier run wrote.
+   earlier run wrote, and never replacing a file it did not write.
 
 Run ``python -m lpa_domainbed.tools.tables --input_dir DIR [DIR ...] --name NAME``.
 """
@@ -37,10 +39,12 @@ try:  # the command explains a missing DomainBed instead of failing at import
     from lpa_domainbed.tools.tables_cells import CSV_COLUMNS, cell_tables, compute_tables, \
         format_table
     from lpa_domainbed.tools.tables_frame import SELECTION_METHODS, results_frame
-    from lpa_domainbed.tools.tables_load import HOW_TO_GET_RESULTS, LoadReport, load_records
+    from lpa_domainbed.tools.tables_load import (HOW_TO_GET_RESULTS, DuplicateJobError,
+                                                 LoadReport, load_records)
     from lpa_domainbed.tools.tables_reference import (ReferenceCsvError, compare_with_published,
                                                       comparison_markdown, copy_reference,
                                                       published_reference, read_reference)
+    from lpa_domainbed.tools.tables_selected import selected_outputs
     from lpa_domainbed.tools.tables_write import bar_charts, selection_outputs
 except ModuleNotFoundError as missing:
     if (missing.name or "").split(".")[0] != "domainbed":
@@ -117,13 +121,15 @@ def _comparison(overview, reference):
 
 
 def make_tables(input_dirs, name, out_root="results", reference_csv=None, plots=True,
-                out_dir=None, complete_only=False, baseline="ERM", pairs=()):
+                out_dir=None, complete_only=False, baseline=None, pairs=()):
     """Load sweeps, compute all tables, write them under ``<out_root>/<name>/`` (or
     ``out_dir``; see :mod:`lpa_domainbed.tools.safe_output`), print Markdown; then the paired
     differences of every algorithm vs ``baseline`` and of each ``(A, B)`` in ``pairs``
     (:mod:`lpa_domainbed.tools.paired`). ``name`` must be a plain name. Incomplete jobs are
     marked, or left out with ``complete_only``; restarted jobs are read from their last
-    attempt and marked. Every input is checked before anything is written."""
+    attempt and marked. ``baseline`` None means ERM where the sweep has it (else no
+    comparison against a baseline, with a message); a named baseline without runs is a
+    :class:`PairError`. Every input is checked before anything is written."""
     if DOMAINBED_MISSING is not None:
         raise ModuleNotFoundError(domainbed_hint(), name="domainbed")
     check_name(name)
@@ -133,19 +139,31 @@ def make_tables(input_dirs, name, out_root="results", reference_csv=None, plots=
         reference_csv = reference_csv if reference_csv.is_file() else published_reference()
     reference = read_reference(reference_csv)
     records, report = load_records(input_dirs, complete_only=complete_only)
+    if not len(records) and report.skipped_records:
+        raise NoRecordsError(f"no usable records in {', '.join(report.input_dirs)} "
+                             f"({report.summary()}): " + "; ".join(
+                                 f"{path}: {reason}" for path, reasons in
+                                 list(report.skipped_records.items())[:3] for reason in reasons))
     if not len(records):
         raise NoRecordsError(f"no results.jsonl records in {', '.join(report.input_dirs)}; "
                              f"{HOW_TO_GET_RESULTS}")
     results = results_frame(records, _selections(records))
-    pairs = check_pairs(pairs, results.algorithms)
-    cells, overview = cell_tables(results)
+    if baseline is not None and baseline not in results.algorithms:
+        raise PairError(f"--baseline {baseline!r} has no runs in this sweep; pass one of: "
+                        f"{', '.join(results.algorithms)} (nothing was written)")
+    repeated = [":".join(p) for i, p in enumerate(pairs) if p in pairs[:i]]
+    if repeated:
+        print(f"--pair {', '.join(dict.fromkeys(repeated))} given more than once: compared once")
+    pairs = check_pairs(list(dict.fromkeys(pairs)), results.algorithms)
+    cells, overview = cell_tables(results, report)
     outputs = {}
     for selection in results.selections:
         outputs.update(selection_outputs(cells, overview, report, selection, name))
+    outputs.update(selected_outputs(records, results, name))
     outputs.update(bar_charts(cells) if plots else {})
     comparison, comparison_file = _comparison(overview, reference)
     outputs.update(comparison_file)
-    paired, message = paired_outputs(results, name, baseline, pairs, plots)
+    paired, message = paired_outputs(results, name, baseline or "ERM", pairs, plots)
     if message:
         print(message)
     outputs.update(paired.outputs if paired else {})
@@ -177,12 +195,15 @@ def main(argv=None):
     parser.add_argument("--out_root", default="results")
     parser.add_argument("--out_dir", default=None,
                         help="write here instead of <out_root>/<name>/ (a folder of your own, "
-                             "'.' included: only files an earlier run wrote are replaced)")
+                             "'.' included: only files an earlier run wrote, as its "
+                             ".manifest.json lists, are replaced; a file of yours with the name "
+                             "of a table stops the run, which names it and writes nothing)")
     parser.add_argument("--reference_csv", default=None,
                         help="published numbers to compare with (default: the packaged copy)")
     parser.add_argument("--no-plots", dest="plots", action="store_false")
-    parser.add_argument("--baseline", default="ERM",
-                        help="algorithm the paired differences are taken against")
+    parser.add_argument("--baseline", default=None,
+                        help="algorithm the paired differences are taken against (default: "
+                             "ERM where the sweep has it); one without runs is an error")
     parser.add_argument("--pair", action="append", default=[], type=_pair,
                         metavar="ALGORITHM:BASELINE",
                         help="also compare these two algorithms, paired by trial (repeatable; "
@@ -197,8 +218,8 @@ def main(argv=None):
         result = make_tables(args.input_dir, args.name, args.out_root, args.reference_csv,
                              args.plots, out_dir=args.out_dir, complete_only=args.complete_only,
                              baseline=args.baseline, pairs=args.pair)
-    except (FileNotFoundError, NoRecordsError, OutputError, ReferenceCsvError,
-            PairError) as error:
+    except (FileNotFoundError, NoRecordsError, OutputError, ReferenceCsvError, PairError,
+            DuplicateJobError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"{result.report.summary()}\nwrote {len(result.files)} files to {result.out_dir}",

@@ -1,106 +1,43 @@
 """Reading a sweep's job directories for :mod:`lpa_domainbed.tools.tables`.
 
 Like ``domainbed.lib.reporting.load_records`` (every ``<input_dir>/<job>/results.jsonl``), but
-nothing enters the tables unnoticed: corrupt lines and records without the fields the tables
-need are skipped and counted; a job without ``done``, whose last line is truncated or whose
+nothing enters the tables unnoticed: corrupt lines and records that cannot be scored are skipped
+and counted (:mod:`tables_records`); a job without ``done``, whose last line is truncated or whose
 results are empty is *incomplete* (its records are tagged so the cells that use them are
 marked, or dropped with ``complete_only``); a directory an interrupted launch left behind
 (empty, or only a launcher log) is listed as *not run*. A ``results.jsonl`` that holds more
 than one attempt (the step sequence starts again, as after a requeue or a rerun in the same
 directory: DomainBed's train script appends) is *restarted*: only its last attempt is read, its
 records are tagged, and the earlier attempts stay on disk untouched (nothing here writes).
-An input directory given twice is read once.
+An input directory given twice is read once; a job seen in two directories is counted once, or
+refused where the copies differ (:mod:`tables_duplicates`). A job that wrote no record is
+listed with its dataset and algorithm (from the args DomainBed prints to its ``out.txt``) and
+the last line of its ``err.txt``. Every record read carries its job directory
+(:data:`JOB_DIR_KEY`), for the report of the selected runs.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import warnings
 from pathlib import Path
 
 from domainbed.lib.query import Q
 
-__all__ = ["LoadReport", "load_records", "INCOMPLETE_KEY", "RESTARTED_KEY", "INCOMPLETE_MARK",
-           "RESTARTED_MARK", "HOW_TO_GET_RESULTS"]
+from lpa_domainbed.tools.tables_duplicates import DuplicateJobError, drop_duplicates
+from lpa_domainbed.tools.tables_records import read_results
+from lpa_domainbed.tools.tables_report import INCOMPLETE_MARK, RESTARTED_MARK, LoadReport
+
+__all__ = ["LoadReport", "load_records", "DuplicateJobError", "INCOMPLETE_KEY", "RESTARTED_KEY",
+           "JOB_DIR_KEY", "INCOMPLETE_MARK", "RESTARTED_MARK", "HOW_TO_GET_RESULTS"]
 
 HOW_TO_GET_RESULTS = "run the sweep first: make sweep NAME=... or make demo"
 #: set on a record (a dict) that comes from an incomplete job; DomainBed ignores extra keys
 INCOMPLETE_KEY = "_lpa_incomplete_job"
 #: set on a record of a job whose results.jsonl holds several attempts (the last is read)
 RESTARTED_KEY = "_lpa_restarted_job"
-INCOMPLETE_MARK = "†"  # marks a table cell that uses records of an incomplete job
-RESTARTED_MARK = "‡"  # marks a table cell that uses records of a restarted job
-REQUIRED_ARGS = {"dataset": str, "algorithm": str, "test_envs": list, "trial_seed": int,
-                 "hparams_seed": int}
+#: set on every record: the job directory it was read from
+JOB_DIR_KEY = "_lpa_job_dir"
 TRAINING_OUTPUT = ("results.jsonl", "out.txt", "err.txt")  # written by DomainBed's train.py
-
-
-@dataclasses.dataclass
-class LoadReport:
-    """What :func:`load_records` found: record and job counts, skipped lines, incomplete jobs
-    (``incomplete_jobs``: paths; ``incomplete_reasons``: path -> why), restarted jobs
-    (``restarted_jobs``: path -> what was left out), directories that never started training
-    (``not_run``) and input directories given more than once (``repeated_inputs``)."""
-
-    input_dirs: list
-    n_records: int = 0
-    n_jobs: int = 0
-    skipped_lines: dict = dataclasses.field(default_factory=dict)  # results.jsonl path -> count
-    incomplete_jobs: list = dataclasses.field(default_factory=list)
-    incomplete_reasons: dict = dataclasses.field(default_factory=dict)
-    not_run: list = dataclasses.field(default_factory=list)
-    restarted_jobs: dict = dataclasses.field(default_factory=dict)
-    repeated_inputs: list = dataclasses.field(default_factory=list)
-    complete_only: bool = False
-
-    def summary(self):
-        """One line for humans."""
-        text = f"{self.n_records} records from {self.n_jobs} jobs"
-        if self.skipped_lines:
-            text += f"; skipped {sum(self.skipped_lines.values())} corrupt lines"
-        if self.incomplete_jobs:
-            verb = "excluded" if self.complete_only else f"marked {INCOMPLETE_MARK}"
-            text += f"; {len(self.incomplete_jobs)} incomplete jobs ({verb})"
-        if self.restarted_jobs:
-            text += (f"; {len(self.restarted_jobs)} restarted jobs (last attempt used, marked "
-                     f"{RESTARTED_MARK})")
-        if self.not_run:
-            text += f"; {len(self.not_run)} job directories not run"
-        return text
-
-
-def _parse_record(line):
-    """A DomainBed record from one line, or None if it is corrupt or lacks the fields the
-    tables need (the args that group records, and the step)."""
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(record, dict) or not isinstance(record.get("args"), dict):
-        return None
-    args = record["args"]
-    step = record.get("step")
-    if not isinstance(step, (int, float)) or isinstance(step, bool) or not all(
-            isinstance(args.get(k), t) for k, t in REQUIRED_ARGS.items()):
-        return None
-    return record
-
-
-def _read_jsonl(path):
-    """Return (records, number of non-empty lines that are not a record, whether the last
-    line is cut off: not JSON at all, as when a job is killed mid-write)."""
-    with open(path, "r", errors="replace") as handle:
-        lines = [line for line in handle if line.strip()]
-    parsed = [_parse_record(line) for line in lines]
-    records = [r for r in parsed if r is not None]
-    truncated = False
-    if lines and parsed[-1] is None:
-        try:
-            json.loads(lines[-1])
-        except json.JSONDecodeError:
-            truncated = True
-    return records, len(parsed) - len(records), truncated
 
 
 def _check_input_dir(input_dir: Path):
@@ -140,11 +77,13 @@ def _restart_note(runs):
             f"the {earlier} records before it are not")
 
 
-def _why_incomplete(job_dir, runs, truncated):
+def _why_incomplete(job_dir, runs, truncated, n_skipped=0):
     if not (job_dir / "done").exists():
         return "no 'done' file (killed, crashed or still running)"
     if truncated:
         return "results.jsonl ends in a truncated line"
+    if not runs and n_skipped:
+        return f"every record of results.jsonl was skipped ({n_skipped}; see Skipped records)"
     if not runs:
         return "results.jsonl holds no records"
     for attempts in runs.values():
@@ -168,15 +107,45 @@ def _unique_dirs(input_dirs, report):
     return unique
 
 
+def _printed_args(job_dir):
+    """(dataset, algorithm) from the 'Args:' block DomainBed's train script prints to
+    ``out.txt``, or None when it is not there."""
+    try:
+        lines = (job_dir / "out.txt").read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    args, inside = {}, False
+    for line in lines:
+        if line.strip() == "Args:":
+            inside = True
+        elif inside and line.startswith("\t") and ": " in line:
+            key, _, value = line.strip().partition(": ")
+            args[key] = value
+        elif inside:
+            break
+    return (args["dataset"], args["algorithm"]) if {"dataset", "algorithm"} <= set(args) else None
+
+
+def _last_error(job_dir):
+    """The last non-empty line of ``err.txt`` (a crash's exception), or ''."""
+    try:
+        lines = [line.strip() for line in (job_dir / "err.txt").read_text(
+            errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
 def _read_job(job_dir, report, complete_only):
     """The records of one job directory to use, recording what was found in ``report``."""
     results_path = job_dir / "results.jsonl"
-    records, truncated = [], False
+    records, truncated, skipped = [], False, []
     if results_path.is_file():
-        records, bad_lines, truncated = _read_jsonl(results_path)
+        records, bad_lines, truncated, skipped = read_results(results_path)
         report.n_jobs += 1
         if bad_lines:
             report.skipped_lines[str(results_path)] = bad_lines
+        report.add_skipped(results_path, skipped)
     runs = _attempts(records)
     if any(len(attempts) > 1 for attempts in runs.values()):
         report.restarted_jobs[str(job_dir)] = _restart_note(runs)
@@ -184,8 +153,14 @@ def _read_job(job_dir, report, complete_only):
         records = [r for r in records if id(r) in last]
         for record in records:
             record[RESTARTED_KEY] = str(job_dir)
-    reason = _why_incomplete(job_dir, runs, truncated)
+    for record in records:
+        record[JOB_DIR_KEY] = str(job_dir)
+    reason = _why_incomplete(job_dir, runs, truncated, len(skipped))
     if reason:
+        if not records:
+            report.failed_jobs[str(job_dir)] = _printed_args(job_dir)
+            error = _last_error(job_dir)
+            reason += f"; err.txt ends: {error}" if error else ""
         report.incomplete_jobs.append(str(job_dir))
         report.incomplete_reasons[str(job_dir)] = reason
         if complete_only:
@@ -200,40 +175,21 @@ def load_records(input_dirs, complete_only=False):
 
     Returns ``(Q(records), LoadReport)``. Records of incomplete jobs carry
     :data:`INCOMPLETE_KEY` (their job directory), or are left out with ``complete_only``;
-    those of a restarted job carry :data:`RESTARTED_KEY`.
+    those of a restarted job carry :data:`RESTARTED_KEY`. Raises
+    :class:`DuplicateJobError` for one job in two directories with different records.
     """
     input_dirs = [Path(d) for d in ([input_dirs] if isinstance(input_dirs, (str, Path))
                                     else input_dirs)]
     report = LoadReport(input_dirs=[str(d) for d in input_dirs], complete_only=complete_only)
     input_dirs = _unique_dirs(input_dirs, report)
     report.input_dirs = [str(d) for d in input_dirs]
-    records = []
+    jobs = []
     for job_dir in sorted(j for d in input_dirs for j in d.iterdir() if j.is_dir()):
         if not any((job_dir / name).is_file() for name in TRAINING_OUTPUT):
             report.not_run.append(str(job_dir))  # empty, or only a launcher's log
             continue
-        records.extend(_read_job(job_dir, report, complete_only))
+        jobs.append((job_dir, _read_job(job_dir, report, complete_only)))
+    records = drop_duplicates(jobs, report)
     report.n_records = len(records)
-    _warn(report)
+    report.warn()
     return Q(records), report
-
-
-def _warn(report):
-    if report.repeated_inputs:
-        warnings.warn(f"input director(ies) given more than once, read once: "
-                      f"{', '.join(report.repeated_inputs)}")
-    if report.skipped_lines:
-        warnings.warn(f"skipped {sum(report.skipped_lines.values())} corrupt line(s) in "
-                      f"{len(report.skipped_lines)} file(s): {', '.join(report.skipped_lines)}")
-    if report.incomplete_jobs:
-        action = ("excluded (--complete_only)" if report.complete_only
-                  else f"their cells are marked {INCOMPLETE_MARK}")
-        warnings.warn(f"{len(report.incomplete_jobs)} incomplete job(s), {action}: "
-                      f"{', '.join(report.incomplete_jobs)}")
-    if report.restarted_jobs:
-        warnings.warn(f"{len(report.restarted_jobs)} restarted job(s) (several attempts in "
-                      f"results.jsonl; the last is used, their cells are marked {RESTARTED_MARK}): "
-                      f"{', '.join(report.restarted_jobs)}")
-    if report.not_run:
-        warnings.warn(f"{len(report.not_run)} job director(ies) never started training "
-                      f"(not run): {', '.join(report.not_run)}")

@@ -14,6 +14,7 @@ from tabulate import tabulate
 from lpa_domainbed.tools.tables_cells import (CSV_COLUMNS, INCOMPLETE_MARK, RESTARTED_MARK,
                                               format_table)
 from lpa_domainbed.tools.tables_frame import AVERAGE, SELECTION_METHODS
+from lpa_domainbed.tools.tables_report import plural
 
 __all__ = ["markdown_table", "latex_table", "selection_outputs", "bar_charts", "png_bytes"]
 
@@ -71,6 +72,15 @@ def _jobs_sections(report):
         section += (f"\n## Restarted jobs (marked {RESTARTED_MARK}; only the last attempt is "
                     "used, every record stays on disk)\n\n") + "".join(
             f"- {job}: {why}\n" for job, why in report.restarted_jobs.items())
+    if report.skipped_records:
+        section += ("\n## Skipped records (in no cell's number; the cells they belong to say "
+                    "so)\n\n") + "".join(
+            f"- {path}: {plural(n, 'record')}: {reason}\n"
+            for path, reasons in report.skipped_records.items() for reason, n in reasons.items())
+    if report.duplicate_jobs:
+        section += ("\n## Duplicate job directories (the same job's records as another "
+                    "directory; counted once)\n\n") + "".join(
+            f"- {dup}: the same records as {kept}\n" for dup, kept in report.duplicate_jobs.items())
     if report.not_run:
         section += "\n## Not run (empty job directories, or only a launcher log)\n\n" + "".join(
             f"- {job}\n" for job in report.not_run)
@@ -101,7 +111,9 @@ def selection_outputs(cells, overview, report, selection, name):
     footnotes = _footnotes(report)
     markdown = (f"# {name}: model selection: {method_name}\n\n{report.summary()}\n\n"
                 "Cells: accuracy (%) on the held-out domain, mean ± standard error over trials "
-                "(DomainBed's formula); the mean alone where there is one trial.\n")
+                "(DomainBed's formula); the mean alone where there is one trial. Avg: the mean "
+                "of the domain means, ± over the trials that have every domain; the Averages "
+                "table shows the same cell.\n")
     for title, table in sections:
         text = markdown_table(table)
         markdown += f"\n## {title}\n\n{text}\n" + "".join(
