@@ -17,7 +17,7 @@ import time
 
 from lpa_domainbed.tools.runinfo import env_with_python
 
-__all__ = ["ignoring_ctrl_c", "interruptible_children", "interrupted", "signal_group",
+__all__ = ["LaunchFailed", "ignoring_ctrl_c", "interruptible_children", "interrupted", "signal_group",
            "start_job", "stop_jobs", "stop_signals_as_ctrl_c"]
 
 GRACE_SECONDS = 5.0
@@ -108,6 +108,12 @@ def interruptible_children():
         yield
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class LaunchFailed(SystemExit, RuntimeError):
+    """A launch that could not go on (its message says why and what to do). A RuntimeError to
+    callers; uncaught (in DomainBed's sweep script) it ends the process with its message alone,
+    without a traceback (it is also a SystemExit, status 1)."""
 
 
 def interrupted(prefix: str, stopped: int, finished: int) -> SystemExit:
