@@ -164,8 +164,11 @@ def _launch(spec, jobs, args) -> int:
     elif incomplete:
         print(f"note: {len(incomplete)} incomplete jobs are left alone (they may still be "
               f"running). When none is running, resume them with:\n  {resume_command(args)}")
-    run_forwarding_signals(sweeps.sweep_command(spec, "launch", args.data_dir, args.output_dir,
-                                                args.launcher))
+    try:  # a launch that fails (its one-line message above) is resumed like failed jobs
+        run_forwarding_signals(sweeps.sweep_command(spec, "launch", args.data_dir,
+                                                    args.output_dir, args.launcher))
+    except subprocess.CalledProcessError:
+        pass
     # DomainBed's sweep exits 0 even when jobs failed: count what is not done now.
     after = print_jobs(spec, args.data_dir, args.output_dir, quiet=True)
     not_done = [j for j in after if j.state != "Done"]

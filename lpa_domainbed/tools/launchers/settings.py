@@ -27,7 +27,8 @@ from typing import Any, Callable, Mapping
 
 from lpa_domainbed.tools.launchers.jobs import remove_empty_job_dirs
 
-__all__ = ["LauncherSettingError", "SlurmSettings", "num_parallel_jobs", "settings_or_cleanup",
+__all__ = ["LauncherSettingError", "SlurmSettings", "jobs_per_gpu", "num_parallel_jobs",
+           "settings_or_cleanup",
            "slurm_settings", "validate_settings"]
 
 
@@ -119,6 +120,13 @@ def num_parallel_jobs(environ: Mapping[str, str] | None = None) -> int:
                  os.cpu_count() or 1)
 
 
+def jobs_per_gpu(environ: Mapping[str, str] | None = None) -> int | None:
+    """``LPA_DOMAINBED_JOBS_PER_GPU``: jobs the local launchers run at once on one GPU
+    (default: no cap; see :mod:`.gpus`)."""
+    return _read(os.environ if environ is None else environ, "LPA_DOMAINBED_JOBS_PER_GPU",
+                 _int_at_least(1), "a positive integer (jobs running at once on one GPU)")
+
+
 @dataclasses.dataclass(frozen=True)
 class SlurmSettings:
     """What the ``submitit`` launcher asks Slurm (or the local executor) for."""
@@ -185,6 +193,7 @@ def validate_settings(launcher: str | None = None,
     variable and what to set, or ModuleNotFoundError when ``submitit`` is not installed."""
     if launcher in (None, "local_parallel", "local_forkserver"):
         num_parallel_jobs(environ)
+        jobs_per_gpu(environ)
     if launcher in (None, "submitit"):
         slurm_settings(environ)
     if launcher == "submitit" and importlib.util.find_spec("submitit") is None:
