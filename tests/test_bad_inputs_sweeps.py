@@ -161,6 +161,17 @@ CLI_ROWS = [
      "Run 'make setup'", None),
     ("DomainBed missing, installed", "", [], {}, lambda p, m: _no_domainbed(m, True), 2,
      "_lpa_domainbed_domainbed.pth", "make"),
+    ("output dir starting with '-'", "", ["--output_dir=-o"], {},
+     lambda p, m: m.chdir(p), 2, "--output_dir '-o' starts with '-', which DomainBed's scripts "
+                                 "would take for an option: pass it as ./-o", "Traceback"),
+    ("data dir starting with '-'", "", ["--data_dir=-d"], {}, lambda p, m: m.chdir(p), 2,
+     "--data_dir '-d' starts with '-'", "Traceback"),
+    ("a name too long for the file system", "", ["--output_dir", "{tmp}/" + "x" * 300], {},
+     None, 2, "--output_dir: the name xxxxxxxxxxxxxxxxxxxxxxxx... has 300 bytes, more than the "
+              "file system allows (255): choose a shorter name", "Traceback"),
+    ("a path too long for the file system", "", ["--output_dir", "{tmp}" + "/x" * 2100], {},
+     None, 2, "with a job's directory and files below it a path would pass the file system's "
+              "limit of 4096 bytes: choose a shorter path", "Traceback"),
     ("another sweep runs into the output dir", "", [], {}, lambda p, m: _live_lock(p), 2,
      "another sweep (pid {pid}: the other) is running into", None),
 ]
@@ -182,7 +193,8 @@ def test_sweep_refuses_before_launching(tmp_path, monkeypatch, capsys, extra, ar
     before = sorted(tmp_path.rglob("*"))
 
     code = cli.main(["sweep", str(sweep_file), "--data_dir", str(tmp_path / "d"),
-                     "--output_dir", str(tmp_path / "o"), *argv])
+                     "--output_dir", str(tmp_path / "o"),
+                     *(arg.format(tmp=tmp_path) for arg in argv)])
 
     err = capsys.readouterr().err
     assert code == status and fragment.format(pid=pid, tmp=tmp_path) in err, err

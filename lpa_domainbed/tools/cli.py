@@ -19,6 +19,7 @@ from lpa_domainbed.tools.live_jobs import (JobsStillRunning, interrupt_when_pare
                                           refuse_live_jobs)
 from lpa_domainbed.tools.safe_output import atomic_write_text
 from lpa_domainbed.tools.sweep_lock import SweepLocked, record_group, sweep_lock
+from lpa_domainbed.tools.sweep_paths import check_directory
 
 __all__ = ["main", "run_forwarding_signals", "resume_command"]
 
@@ -129,6 +130,8 @@ def _require_domainbed() -> None:
 def cmd_sweep(args) -> int:
     from lpa_domainbed.tools.launchers.settings import validate_settings
 
+    check_directory("--data_dir", args.data_dir)
+    check_directory("--output_dir", args.output_dir)
     _require_domainbed()
     spec = sweeps.load_sweep(args.name)
     _check_launcher(spec, args.launcher)
@@ -210,6 +213,7 @@ def _write_run_record(spec, data_dir, output_dir, results_dir, jobs, todo, sweep
 def cmd_demo(args) -> int:
     from lpa_domainbed.tools import tables
 
+    check_directory("--output_dir", args.output_dir)
     spec = sweeps.load_sweep("demo")
     output_dir = Path(args.output_dir)
     data_dir = output_dir.parent / "data"  # RotatedDigits is embedded: nothing is read here
