@@ -58,7 +58,7 @@ def _orphan(tmp_path: Path, command: str, uses: str) -> subprocess.Popen:
 
 GROUP_LEFT = ("the DomainBed sweep it started still runs into {out} (process group {pid}: pids "
               "{pid}). Stop it with 'kill -INT -- -{pid}'")
-JOB_LEFT = ("1 incomplete jobs are still in use by running processes ({job}: pid {pid}); "
+JOB_LEFT = ("1 incomplete job is still in use by running processes ({job}: pid {pid}); "
             "{action} would delete their directories")
 # (id, command, argv extra, what the orphan uses, fragment)
 ROWS = [

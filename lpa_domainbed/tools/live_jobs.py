@@ -137,8 +137,9 @@ def refuse_live_jobs(directories, action: str) -> None:
     listed = "; ".join(f"{root}: pid {', '.join(map(str, group))}"
                        for root, group in list(users.items())[:_SHOWN])
     more = f"; and {len(users) - _SHOWN} more directories" if len(users) > _SHOWN else ""
+    jobs = "1 incomplete job is" if len(users) == 1 else f"{len(users)} incomplete jobs are"
     raise JobsStillRunning(
-        f"{len(users)} incomplete jobs are still in use by running processes ({listed}{more}); "
+        f"{jobs} still in use by running processes ({listed}{more}); "
         f"{action} would delete their directories. They may be jobs of an earlier sweep that "
         f"was killed: wait until they end, or stop them (kill {' '.join(map(str, pids))}), "
         f"then rerun.")

@@ -26,7 +26,10 @@ def _device_count() -> int:
         import torch
     except ImportError:
         return 0
-    return torch.cuda.device_count()
+    try:
+        return torch.cuda.device_count()
+    except RuntimeError:  # a broken driver: the jobs will say so themselves
+        return 0
 
 
 def visible_gpus(environ: Mapping[str, str] | None = None) -> tuple[list[str], str]:
