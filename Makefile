@@ -74,7 +74,7 @@ demo: $(STAMP)
 sweep: $(STAMP)
 	@$(MAKE) --no-print-directory domainbed
 	@echo "==> sweep $(NAME): sweeps/$(NAME).toml -> python -m domainbed.scripts.sweep launch"
-	@$(PY) -m lpa_domainbed.tools.cli sweep "$(NAME)" --data_dir "$(DATA_DIR)" --output_dir "$(OUTPUT_DIR)" $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(DRY_RUN),--dry_run) $(if $(RESTART_INCOMPLETE),--restart_incomplete)
+	@$(PY) -m lpa_domainbed.tools.cli sweep "$(NAME)" --data_dir="$(DATA_DIR)" --output_dir="$(OUTPUT_DIR)" $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(DRY_RUN),--dry_run) $(if $(RESTART_INCOMPLETE),--restart_incomplete)
 
 sweep-dry-run:
 	@$(MAKE) --no-print-directory sweep DRY_RUN=1

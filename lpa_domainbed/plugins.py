@@ -7,9 +7,11 @@ Two ways to name a plugin module, both read in every interpreter (so in every
 * the environment variable ``LPA_DOMAINBED_PLUGINS``: comma-separated module names or paths
   to ``.py`` files (a script in progress). Launched jobs inherit the environment.
 
-A module that fails to import (the package's own algorithm modules included) costs one warning
-on stderr naming it and its error; everything else keeps working, and asking DomainBed for an
-algorithm it would have provided says which module failed and how it was requested.
+A module that fails to import (the package's own algorithm modules included), also one that
+calls ``sys.exit`` at import (a script's ``argparse`` at its top level), costs one warning on
+stderr naming it and its error; everything else keeps working, and asking DomainBed for an
+algorithm it would have provided says which module failed and how it was requested. Only a
+KeyboardInterrupt (the user's Ctrl-C) goes through: it must stop the process.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ class Failure:
     provides: list[str]
 
     def describe(self) -> str:
+        if isinstance(self.error, SystemExit):
+            return (f"module {self.module!r} ({self.source}) failed to import: it called "
+                    f"sys.exit({self.error.code!r}) at import (SystemExit; a message printed "
+                    f"just before this one, such as a usage line, is the module's)")
         return (f"module {self.module!r} ({self.source}) failed to import: "
                 f"{type(self.error).__name__}: {self.error}")
 
@@ -100,7 +106,7 @@ def import_isolated(module: str, source: str, path: str | None = None):
         return None
     try:
         return _module_from_path(path) if path else importlib.import_module(module)
-    except Exception as error:  # a plugin's bug must not stop DomainBed or the other plugins
+    except (Exception, SystemExit) as error:  # a plugin must not stop DomainBed or the others
         origin = path
         if origin is None:
             try:

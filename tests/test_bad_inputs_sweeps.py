@@ -122,6 +122,11 @@ def _no_domainbed(monkeypatch, installed: bool):
         monkeypatch.setattr(registration, "_CHECKOUT", "/nonexistent")
 
 
+def _log_dir_is_a_file(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "file").write_text("a file where submitit's folder must go\n")
+    monkeypatch.setenv("LPA_SUBMITIT_LOG_DIR", str(tmp_path / "file" / "logs"))
+
+
 # (id, TOML extra, argv extra, environment, setup(tmp_path, monkeypatch), status, fragment,
 #  fragment that must be absent)
 CLI_ROWS = [
@@ -138,6 +143,17 @@ CLI_ROWS = [
      "Traceback"),
     ("bad Slurm setting", "", ["--launcher", "submitit"], {"LPA_SLURM_TIME_MIN": "1h"}, None,
      2, "LPA_SLURM_TIME_MIN='1h' is invalid", "Traceback"),
+    ("newline in LPA_SLURM_PARTITION", "", ["--launcher", "submitit"],
+     {"LPA_SLURM_PARTITION": "gpu\n#SBATCH --time=99999"}, None, 2,
+     "LPA_SLURM_PARTITION='gpu\\n#SBATCH --time=99999' is invalid: it holds the control "
+     "character \\n", "Traceback"),
+    ("newline in LPA_SLURM_EXTRA", "", ["--launcher", "submitit"],
+     {"LPA_SLURM_EXTRA": '{"qos": "high\\n#SBATCH --time=99999"}'}, None, 2,
+     "LPA_SLURM_EXTRA='{{\"qos\": \"high\\\\n#SBATCH --time=99999\"}}' is invalid (option "
+     "'qos' holds the control character \\n", "Traceback"),
+    ("unusable LPA_SUBMITIT_LOG_DIR", "", ["--launcher", "submitit"], {}, _log_dir_is_a_file, 2,
+     "LPA_SUBMITIT_LOG_DIR='{tmp}/file/logs' is invalid ({tmp}/file is not a directory)",
+     "Traceback"),
     ("submitit missing", "", ["--launcher", "submitit"], {},
      lambda p, m: m.setitem(sys.modules, "submitit", None), 2,
      "pip install 'lpa-domainbed[slurm]'", "Traceback"),
@@ -145,6 +161,17 @@ CLI_ROWS = [
      "Run 'make setup'", None),
     ("DomainBed missing, installed", "", [], {}, lambda p, m: _no_domainbed(m, True), 2,
      "_lpa_domainbed_domainbed.pth", "make"),
+    ("output dir starting with '-'", "", ["--output_dir=-o"], {},
+     lambda p, m: m.chdir(p), 2, "--output_dir '-o' starts with '-', which DomainBed's scripts "
+                                 "would take for an option: pass it as ./-o", "Traceback"),
+    ("data dir starting with '-'", "", ["--data_dir=-d"], {}, lambda p, m: m.chdir(p), 2,
+     "--data_dir '-d' starts with '-'", "Traceback"),
+    ("a name too long for the file system", "", ["--output_dir", "{tmp}/" + "x" * 300], {},
+     None, 2, "--output_dir: the name xxxxxxxxxxxxxxxxxxxxxxxx... has 300 bytes, more than the "
+              "file system allows (255): choose a shorter name", "Traceback"),
+    ("a path too long for the file system", "", ["--output_dir", "{tmp}" + "/x" * 2100], {},
+     None, 2, "with a job's directory and files below it a path would pass the file system's "
+              "limit of 4096 bytes: choose a shorter path", "Traceback"),
     ("another sweep runs into the output dir", "", [], {}, lambda p, m: _live_lock(p), 2,
      "another sweep (pid {pid}: the other) is running into", None),
 ]
@@ -166,10 +193,11 @@ def test_sweep_refuses_before_launching(tmp_path, monkeypatch, capsys, extra, ar
     before = sorted(tmp_path.rglob("*"))
 
     code = cli.main(["sweep", str(sweep_file), "--data_dir", str(tmp_path / "d"),
-                     "--output_dir", str(tmp_path / "o"), *argv])
+                     "--output_dir", str(tmp_path / "o"),
+                     *(arg.format(tmp=tmp_path) for arg in argv)])
 
     err = capsys.readouterr().err
-    assert code == status and fragment.format(pid=pid) in err, err
+    assert code == status and fragment.format(pid=pid, tmp=tmp_path) in err, err
     assert absent is None or absent not in err
     assert launched == []
     assert sorted(tmp_path.rglob("*")) == before  # nothing made, the other's lock kept

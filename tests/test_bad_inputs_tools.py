@@ -3,10 +3,11 @@ the expected exit status and a fragment of the message, plus what must (not) be 
 sweep command after launching: test_sweep_command.py."""
 
 import json
+import subprocess
 
 import pytest
 
-from conftest import HAVE_DOMAINBED, NO_DOMAINBED
+from conftest import HAVE_DOMAINBED, NO_DOMAINBED, REPO
 
 torch = [pytest.mark.torch, pytest.mark.skipif(not HAVE_DOMAINBED, reason=NO_DOMAINBED)]
 
@@ -211,6 +212,9 @@ NAME_ROWS = [  # (id, TOML line, argv after the file, exit status, stderr fragme
     ("unknown --launcher", 'n_trials = 1', ["--launcher", "nope"], 2,
      "unknown command_launcher ['nope']"),
     ("algorithms a string", 'algorithms = "LPA"', [], 2, "must be a non-empty list"),
+    ("absurd job count", "n_trials = 100000000", [], 2, "the sweep would make 8,000,000,000 "
+     "jobs (n_trials 100000000 x 20 hparams draws x 1 algorithms x 4 choices of test "
+     "environments over its datasets); at most 100,000 are supported"),
 ]
 
 
@@ -225,3 +229,26 @@ def test_sweep_command_rejects_bad_files(tmp_path, line, argv, status, fragment,
     err = capsys.readouterr().err
     assert code == status and fragment in err and str(path) in err
     assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------- tools/device.sh
+DEVICE_ROWS = [  # (id, arguments, exit status, stderr fragment); nothing may be installed
+    ("unknown mode", ["run", "gpu-chek"], 1, "unknown mode 'gpu-chek': gpu-check, study or cmd"),
+    ("unknown mode after a good one", ["run", "gpu-check", "studdy"], 1, "unknown mode 'studdy'"),
+    ("no mode", ["run"], 1, "run needs a MODE"),
+]
+
+
+@pytest.mark.parametrize("args, status, fragment",
+                         [pytest.param(*r[1:], id=r[0]) for r in DEVICE_ROWS])
+def test_device_script_checks_its_modes_before_installing(tmp_path, args, status, fragment):
+    fake_python = tmp_path / "python3"  # records any use: installing starts with it
+    fake_python.write_text(f"#!/bin/sh\ntouch {tmp_path / 'used'}\n")
+    fake_python.chmod(0o755)
+    run = subprocess.run(["bash", str(REPO / "tools" / "device.sh"), *args], capture_output=True,
+                         text=True, timeout=60,
+                         env={"PATH": "/usr/bin:/bin", "PY": str(fake_python),
+                              "OUT": str(tmp_path / "out"), "HOME": str(tmp_path)})
+    assert run.returncode == status and fragment in run.stderr, run.stdout + run.stderr
+    assert not (tmp_path / "used").exists()  # nothing was installed
+    assert not (tmp_path / "out").exists()

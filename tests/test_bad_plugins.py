@@ -27,6 +27,16 @@ def plugin_not_py(tmp_path):
     return ["-c", IMPORT], {"LPA_DOMAINBED_PLUGINS": str(tmp_path / "notes.txt")}
 
 
+def plugin_exits(tmp_path):  # sys.exit at import: DomainBed's processes died of it
+    (tmp_path / "exits.py").write_text("import sys\nsys.exit(3)\n")
+    return ["-c", IMPORT], {"LPA_DOMAINBED_PLUGINS": str(tmp_path / "exits.py")}
+
+
+def plugin_raises_system_exit(tmp_path):  # a bare name, imported from the working directory
+    (tmp_path / "stops.py").write_text("raise SystemExit('stop here')\n")
+    return ["-c", IMPORT], {"LPA_DOMAINBED_PLUGINS": "stops"}
+
+
 def broken_package_init(tmp_path):
     """A copy of the installed .pth in a site directory, in front of a package whose
     ``__init__.py`` has a syntax error (``-S``: only this site directory is processed)."""
@@ -49,6 +59,11 @@ ROWS = [
     (plugin_dir_name, 0, "mydir is a directory: " + ONE_LINE, "Traceback"),
     (plugin_not_py, 0, "notes.txt is not a .py file: a plugin must be a .py file or an "
                        "importable module name", "Traceback"),
+    (plugin_exits, 0, "lpa_domainbed: module 'exits' (LPA_DOMAINBED_PLUGINS={tmp}/exits.py) "
+                      "failed to import: it called sys.exit(3) at import (SystemExit", "Traceback"),
+    (plugin_raises_system_exit, 0, "module 'stops' (LPA_DOMAINBED_PLUGINS=stops) failed to "
+                                   "import: it called sys.exit('stop here') at import",
+     "Traceback"),
     (broken_package_init, 0, "lpa_domainbed: cannot import the package at interpreter start: "
                              "{tmp}/pkg/lpa_domainbed/__init__.py:2: SyntaxError: invalid syntax",
      "Remainder of file ignored"),

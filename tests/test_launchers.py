@@ -15,6 +15,7 @@ import pytest
 from launcher_helpers import (BARE_PATH, assert_all_gone, interrupt_once_pids_exist,
                               python_and_env_probe, sleeper_command, writer_command)
 from lpa_domainbed.tools.launchers import LAUNCHERS, local_parallel, validate_settings
+from lpa_domainbed.tools.launchers import settings as settings_module
 from lpa_domainbed.tools.launchers import submitit_launcher as submitit_module
 from lpa_domainbed.tools.launchers.local_parallel import local_parallel_launcher
 from lpa_domainbed.tools.launchers.settings import settings_or_cleanup, slurm_settings
@@ -124,6 +125,34 @@ def test_settings_come_from_the_environment():
 def test_an_invalid_setting_names_the_variable_and_what_to_set(variable, value, advice):
     with pytest.raises(ValueError, match=f"{variable}=.*set it to .*{advice}"):
         validate_settings("submitit", environ={variable: value})
+
+
+@pytest.mark.parametrize("variable", [row[1] for row in settings_module._SLURM_VARIABLES])
+@pytest.mark.parametrize("char", ["\n", "\r", "\t", "\x00"], ids=["LF", "CR", "TAB", "NUL"])
+def test_a_control_character_in_any_slurm_setting_is_refused(variable, char):
+    value = f"gpu{char}#SBATCH --time=99999"  # would be an sbatch line of its own
+    with pytest.raises(ValueError, match=f"^{variable}=.* is invalid: it holds the control "
+                                         f"character .*set it to .*, on one line$"):
+        validate_settings("submitit", environ={variable: value})
+
+
+@pytest.mark.parametrize("extra", ['{"qos": "high\\n#SBATCH --time=99999"}',
+                                   '{"qos\\n#SBATCH --time=99999": "high"}'])
+def test_a_control_character_inside_an_sbatch_option_is_refused(extra):
+    with pytest.raises(ValueError, match="LPA_SLURM_EXTRA=.*holds the control character "
+                                         r"\\n, which would end its line"):
+        validate_settings("submitit", environ={"LPA_SLURM_EXTRA": extra})
+
+
+@pytest.mark.parametrize("where, reason", [("file/logs", "file is not a directory"),
+                                           ("file", "file is not a directory")])
+def test_an_unusable_submitit_log_dir_is_refused_before_anything_is_made(tmp_path, where,
+                                                                         reason):
+    (tmp_path / "file").write_text("a file where the folder must go\n")
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(ValueError, match=f"LPA_SUBMITIT_LOG_DIR=.* is invalid \\(.*{reason}\\)"):
+        validate_settings("submitit", environ={"LPA_SUBMITIT_LOG_DIR": str(tmp_path / where)})
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 def test_slurm_forced_without_srun_says_what_to_do():

@@ -7,6 +7,7 @@ training jobs), and which commands it forks.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import signal
 import sys
@@ -15,7 +16,7 @@ import time
 import pytest
 
 from conftest import requires_domainbed
-from launcher_helpers import (BARE_PATH, assert_all_gone, interrupt_once_pids_exist,
+from launcher_helpers import (BARE_PATH, _real_sleep, assert_all_gone, interrupt_once_pids_exist,
                               python_and_env_probe, recorded_pids, sleeper_command,
                               wait_for_pids, writer_command)
 from lpa_domainbed.tools.launchers import (LAUNCHERS, forkserver, local_parallel,
@@ -175,3 +176,30 @@ def test_a_job_that_cannot_start_stops_the_others_and_leaves_the_rest_unlaunched
     assert_all_gone(recorded_pids(tmp_path, 2))
     assert (job_dirs[0] / "launcher.log").is_file()  # started: incomplete, kept
     assert not job_dirs[1].exists() and not job_dirs[2].exists()  # a rerun launches them
+
+
+@both_launchers
+def test_a_job_whose_shell_is_killed_fails_and_leaves_no_process(name, tmp_path, monkeypatch,
+                                                                 capsys):
+    """``kill -9`` of a job's ``/bin/sh`` alone: the job fails and what its shell started (its
+    python) is stopped with it, so it cannot finish unwatched and pass for done."""
+    found: list[int] = []
+
+    def kill_the_shell_once_started(seconds):
+        if not found:
+            found.extend(wait_for_pids(tmp_path, 2))
+            os.kill(int((tmp_path / "shell0.pid").read_text()), signal.SIGKILL)
+        _real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", kill_the_shell_once_started)
+    command = sleeper_command(tmp_path, 0)
+    failed = LAUNCHER_FUNCTIONS[name]([command], max_jobs=1)
+    monkeypatch.undo()
+
+    assert failed == [command]
+    assert_all_gone(found)
+    child = int((tmp_path / "child0.pid").read_text())
+    err = capsys.readouterr().err
+    assert (f"[{name}] job 0 ended (exit {-signal.SIGKILL}) while processes of it still ran "
+            f"(pids {child}): stopped them") in err
+    assert f"[{name}] 1 of 1 jobs failed" in err

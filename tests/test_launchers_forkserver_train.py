@@ -186,17 +186,40 @@ def test_a_server_that_touched_cuda_refuses_and_leaves_the_jobs_unlaunched(tmp_p
     for job_dir in job_dirs:
         job_dir.mkdir()  # made by DomainBed's Job.launch before the launcher runs
 
-    with pytest.raises(RuntimeError, match="server ended .* local_parallel runs without it"):
+    with pytest.raises(RuntimeError, match=r"server that forks the jobs ended \(exit 3\) .* "
+                                           "local_parallel runs without the server"):
         local_forkserver_launcher([train_command(d, "ERM", 3) for d in job_dirs], max_jobs=2)
 
     assert "cannot fork training jobs: torch.cuda is initialized" in capfd.readouterr().err
     assert not any(job_dir.exists() for job_dir in job_dirs)
 
 
+def test_a_server_killed_before_its_jobs_start_ends_the_launch_in_one_line(tmp_path,
+                                                                          monkeypatch):
+    plugin = tmp_path / "kill_the_server.py"  # SIGKILL, as the OOM killer sends it
+    plugin.write_text("import os, signal, sys\nif '_lpa_forkserver' in sys.modules:\n"
+                      "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    monkeypatch.setenv("LPA_DOMAINBED_PLUGINS", str(plugin))
+    job_dirs = [tmp_path / f"job{i}" for i in range(2)]
+    for job_dir in job_dirs:
+        job_dir.mkdir()  # made by DomainBed's Job.launch before the launcher runs
+
+    with pytest.raises(SystemExit) as failure:  # DomainBed's sweep prints it, no traceback
+        local_forkserver_launcher([train_command(d, "ERM", 3) for d in job_dirs], max_jobs=2)
+
+    message = str(failure.value.code)
+    assert len(message.splitlines()) == 1
+    assert message.startswith("error: [local_forkserver] the server that forks the jobs ended "
+                              f"(killed by signal {int(signal.SIGKILL)}) before job 0 started")
+    assert "lpa-domainbed sweep ... --restart_incomplete" in message
+    assert not any(job_dir.exists() for job_dir in job_dirs)  # a rerun launches them
+
+
 def test_lpa_domainbed_sweep_runs_local_forkserver_and_forked_jobs_load_no_tooling(tmp_path):
     """``lpa-domainbed sweep --launcher local_forkserver``: every job forked and done, the lock
     released; a forked job, like a plain train process, has no ``lpa_domainbed.tools`` module
-    (a plugin's atexit handler, inherited through the fork, writes what each job loaded)."""
+    (a plugin's atexit handler, inherited through the fork, writes what each job loaded), and
+    runs on its GPU (two faked ones, given in turn)."""
     plugin = tmp_path / "report_modules.py"
     plugin.write_text(
         "import atexit, os, sys\n"
@@ -206,7 +229,7 @@ def test_lpa_domainbed_sweep_runs_local_forkserver_and_forked_jobs_load_no_tooli
         "    tools = sorted(m for m in sys.modules if m.startswith('lpa_domainbed.tools'))\n"
         f"    with open(os.path.join({str(tmp_path)!r}, f'modules-{{os.getpid()}}.txt'),"
         " 'w') as out:\n"
-        "        out.write(repr(tools))\n"
+        "        out.write(repr((tools, os.environ.get('CUDA_VISIBLE_DEVICES'))))\n"
         "atexit.register(_report)\n")
     sweep_file = tmp_path / "s.toml"
     sweep_file.write_text('name = "s"\ndatasets = ["Debug28"]\nalgorithms = ["ERM"]\n'
@@ -218,7 +241,7 @@ def test_lpa_domainbed_sweep_runs_local_forkserver_and_forked_jobs_load_no_tooli
          "--data_dir", str(tmp_path), "--output_dir", str(out), "--launcher",
          "local_forkserver"], capture_output=True, text=True, timeout=600,
         env=dict(os.environ, PATH=BARE_PATH, LPA_DOMAINBED_JOBS="3",
-                 LPA_DOMAINBED_PLUGINS=str(plugin)))
+                 LPA_DOMAINBED_PLUGINS=str(plugin), CUDA_VISIBLE_DEVICES="3,5"))
 
     assert run.returncode == 0, run.stderr[-3000:]
     assert "[local_forkserver] 3/3 finished (0 failed)" in run.stdout
@@ -227,5 +250,9 @@ def test_lpa_domainbed_sweep_runs_local_forkserver_and_forked_jobs_load_no_tooli
     assert len(job_dirs) == 3
     assert all((d / "done").is_file() and (d / "launcher.log").is_file() for d in job_dirs)
     assert not list(out.glob(".lpa-domainbed-sweep.lock"))
-    reports = [path.read_text() for path in tmp_path.glob("modules-*.txt")]
-    assert reports == ["[]"] * 3, reports
+    reports = sorted(path.read_text() for path in tmp_path.glob("modules-*.txt"))
+    assert reports == [repr(([], "3"))] * 2 + [repr(([], "5"))], reports
+    firsts = sorted((d / "launcher.log").read_text().splitlines()[0].split(" job ")[1][2:]
+                    for d in job_dirs)
+    assert firsts == ["runs on GPU 3 (CUDA_VISIBLE_DEVICES=3)"] * 2 + [
+        "runs on GPU 5 (CUDA_VISIBLE_DEVICES=5)"]

@@ -157,3 +157,20 @@ def test_an_invalid_setting_stops_submitit_before_any_job(tmp_path, submitit_env
     with pytest.raises(ValueError, match="LPA_SLURM_TIME_MIN='1h' is invalid.*positive integer"):
         submitit_module.submitit_launcher([writer_command(tmp_path / "out", job_dir)])
     assert not job_dir.exists() and not submitit_env.exists()
+
+
+def test_a_launch_that_cannot_start_leaves_no_job_directory(tmp_path, submitit_env, monkeypatch):
+    job_dirs = [tmp_path / f"job{i}" for i in range(2)]
+    for job_dir in job_dirs:
+        job_dir.mkdir()  # made by DomainBed's Job.launch
+
+    def no_space(settings):
+        raise OSError(28, "No space left on device", str(submitit_env))
+
+    monkeypatch.setattr(submitit_module, "_make_executor", no_space)
+    with pytest.raises(RuntimeError, match=r"^error: \[submitit\] cannot start \(OSError: .*No "
+                                           r"space left.*directories were removed.*rerun the "
+                                           r"same command$") as failure:
+        submitit_module.submitit_launcher([writer_command(tmp_path / "out", d) for d in job_dirs])
+    assert isinstance(failure.value, SystemExit)  # in DomainBed's sweep: the message alone
+    assert not any(job_dir.exists() for job_dir in job_dirs)  # a plain rerun launches them

@@ -23,6 +23,10 @@ SWEEP_RUN_ROWS = [  # (id, launch raises, pre-existing incomplete job, MAKELEVEL
     ("resume command, cli form", None, True, None, 1,
      "lpa-domainbed sweep demo --data_dir d --output_dir o --restart_incomplete"),
     ("ctrl-c", KeyboardInterrupt, False, None, 130, "interrupted: sweep stopped"),
+    ("the launch fails (its launcher said why)",
+     subprocess.CalledProcessError(1, ["python", "-m", "domainbed.scripts.sweep"]), False, None,
+     1, "{n} of {n} jobs did not finish (see each job's err.txt under o). Resume them with:\n"
+        "  lpa-domainbed sweep demo --data_dir d --output_dir o --restart_incomplete"),
 ]
 
 
@@ -54,7 +58,7 @@ def test_sweep_exit_status_and_resume(tmp_path, monkeypatch, capsys, raises, inc
     n_jobs = len(sweeps.list_jobs(sweeps.load_sweep("demo"), "d", "o"))
     fragment = fragment.format(n=n_jobs)
     assert code == status and fragment in captured.out + captured.err
-    if raises:
+    if raises is KeyboardInterrupt:
         assert len(captured.err.strip().splitlines()) == 1  # one line, no traceback
 
 

@@ -123,6 +123,13 @@ case "${1:-}" in
   run)
     shift
     [ $# -gt 0 ] || die "run needs a MODE: gpu-check, study or cmd -- COMMAND"
+    for mode in "$@"; do  # every mode checked before anything is installed
+      case "$mode" in
+        gpu-check|study) ;;
+        cmd) break ;;
+        *) die "unknown mode '$mode': gpu-check, study or cmd -- COMMAND (nothing was installed)" ;;
+      esac
+    done
     mkdir -p "$OUT"
     install 2>&1 | tee "$OUT/device_setup.log"
     [ "${PIPESTATUS[0]}" = 0 ] || exit 1

@@ -15,8 +15,11 @@ import time
 from pathlib import Path
 
 from lpa_domainbed.tools import runinfo, sweeps
+from lpa_domainbed.tools.live_jobs import (JobsStillRunning, interrupt_when_parent_dies,
+                                          refuse_live_jobs)
 from lpa_domainbed.tools.safe_output import atomic_write_text
-from lpa_domainbed.tools.sweep_lock import SweepLocked, sweep_lock
+from lpa_domainbed.tools.sweep_lock import SweepLocked, record_group, sweep_lock
+from lpa_domainbed.tools.sweep_paths import check_directory
 
 __all__ = ["main", "run_forwarding_signals", "resume_command"]
 
@@ -30,8 +33,9 @@ def run_forwarding_signals(cmd: list[str]) -> None:
     its launcher) as SIGINT, a Ctrl-C, whatever the signal: the launcher stops its jobs exactly
     as on Ctrl-C (a SIGTERM would end DomainBed's sweep script at once, leaving the jobs
     running). We wait for it; then KeyboardInterrupt is raised. A terminal's Ctrl-C reaches
-    only us (the child has its own group), so nobody gets it twice. Raises
-    CalledProcessError on failure.
+    only us (the child has its own group), so nobody gets it twice. Should we die without
+    a handler running (``kill -9``), the child gets SIGINT all the same (Linux), and the output
+    directory's lock records its group. Raises CalledProcessError on failure.
     """
     print(f"==> {sweeps.format_command(cmd)}", flush=True)
     received: list[int] = []
@@ -51,7 +55,9 @@ def run_forwarding_signals(cmd: list[str]) -> None:
     previous = {s: signal.signal(s, forward)
                 for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
-        child = subprocess.Popen(cmd, env=runinfo.env_with_python(), start_new_session=True)
+        child = subprocess.Popen(cmd, env=runinfo.env_with_python(), start_new_session=True,
+                                 preexec_fn=interrupt_when_parent_dies(os.getpid()))
+        record_group(child.pid)
         if received and not forwarded:  # a signal came while the child was starting
             _interrupt(child)
         returncode = child.wait()
@@ -124,6 +130,8 @@ def _require_domainbed() -> None:
 def cmd_sweep(args) -> int:
     from lpa_domainbed.tools.launchers.settings import validate_settings
 
+    check_directory("--data_dir", args.data_dir)
+    check_directory("--output_dir", args.output_dir)
     _require_domainbed()
     spec = sweeps.load_sweep(args.name)
     _check_launcher(spec, args.launcher)
@@ -153,13 +161,17 @@ def _launch(spec, jobs, args) -> int:
     # have died, or may still be running on a cluster: delete and relaunch only when asked.
     incomplete = [j for j in jobs if j.state == "Incomplete"]
     if incomplete and args.restart_incomplete:
+        refuse_live_jobs([j.output_dir for j in incomplete], "--restart_incomplete")
         run_forwarding_signals(sweeps.sweep_command(spec, "delete_incomplete", args.data_dir,
                                                     args.output_dir, args.launcher))
     elif incomplete:
         print(f"note: {len(incomplete)} incomplete jobs are left alone (they may still be "
               f"running). When none is running, resume them with:\n  {resume_command(args)}")
-    run_forwarding_signals(sweeps.sweep_command(spec, "launch", args.data_dir, args.output_dir,
-                                                args.launcher))
+    try:  # a launch that fails (its one-line message above) is resumed like failed jobs
+        run_forwarding_signals(sweeps.sweep_command(spec, "launch", args.data_dir,
+                                                    args.output_dir, args.launcher))
+    except subprocess.CalledProcessError:
+        pass
     # DomainBed's sweep exits 0 even when jobs failed: count what is not done now.
     after = print_jobs(spec, args.data_dir, args.output_dir, quiet=True)
     not_done = [j for j in after if j.state != "Done"]
@@ -201,6 +213,7 @@ def _write_run_record(spec, data_dir, output_dir, results_dir, jobs, todo, sweep
 def cmd_demo(args) -> int:
     from lpa_domainbed.tools import tables
 
+    check_directory("--output_dir", args.output_dir)
     spec = sweeps.load_sweep("demo")
     output_dir = Path(args.output_dir)
     data_dir = output_dir.parent / "data"  # RotatedDigits is embedded: nothing is read here
@@ -211,6 +224,8 @@ def cmd_demo(args) -> int:
     print(f"==> {todo} of {len(jobs)} jobs to run; "
           f"{'resuming: finished jobs are kept' if todo < len(jobs) else 'fresh sweep'}")
     with sweep_lock(output_dir):
+        refuse_live_jobs([j.output_dir for j in jobs if j.state == "Incomplete"],
+                         "the demo's restart of incomplete jobs")
         run_forwarding_signals(sweeps.sweep_command(spec, "delete_incomplete", data_dir,
                                                     output_dir))
         run_forwarding_signals(sweeps.sweep_command(spec, "launch", data_dir, output_dir))
@@ -262,7 +277,8 @@ def main(argv=None) -> int:
         again = resume_command(args) if args.command == "sweep" else "the same command"
         print(f"interrupted: {args.command} stopped; to resume, run {again}", file=sys.stderr)
         return INTERRUPTED
-    except (FileNotFoundError, ValueError, ModuleNotFoundError, SweepLocked) as e:
+    except (FileNotFoundError, ValueError, ModuleNotFoundError, SweepLocked,
+            JobsStillRunning) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except subprocess.CalledProcessError as e:

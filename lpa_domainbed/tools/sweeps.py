@@ -26,14 +26,16 @@ else:  # Python 3.10: the same parser from PyPI
     import tomli as tomllib
 
 __all__ = ["SweepSpec", "SweepFileError", "SWEEPS_DIR", "sweeps_dir", "known_sweeps",
-           "load_sweep", "check_names", "check_hparams", "sweep_command", "list_jobs",
-           "missing_data", "format_command"]
+           "load_sweep", "check_names", "check_hparams", "sweep_command", "count_jobs",
+           "list_jobs", "missing_data", "format_command"]
 
 #: where DomainBed's image datasets read their files, relative to --data_dir
 DATA_SUBDIRS = {"VLCS": "VLCS", "PACS": "PACS", "OfficeHome": "office_home",
                 "TerraIncognita": "terra_incognita", "DomainNet": "domain_net", "SVIRO": "sviro"}
 
 PACKAGE_ALGORITHMS = "@lpa_domainbed"
+#: more jobs than any sweep here needs (Table 2: 11,520); listing them takes memory and time
+MAX_JOBS = 100_000
 _CHECKOUT_SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
 
 
@@ -197,9 +199,33 @@ def sweep_command(spec: SweepSpec, action: str, data_dir: str, output_dir: str,
     return cmd
 
 
+def count_jobs(spec: SweepSpec) -> int:
+    """How many jobs DomainBed's ``make_args_list`` makes of the sweep, without making them;
+    :class:`SweepFileError` past :data:`MAX_JOBS`."""
+    from domainbed import datasets
+
+    algorithms = spec.expanded_algorithms()
+    test_envs = 0
+    for dataset in spec.datasets:
+        n = datasets.num_environments(dataset)
+        test_envs += n if spec.single_test_envs else n + n * (n - 1) // 2
+    hparams = max(0, spec.n_hparams - spec.n_hparams_from)
+    count = spec.n_trials * len(algorithms) * test_envs * hparams
+    if count > MAX_JOBS:
+        raise SweepFileError(
+            f"{spec.path}: the sweep would make {count:,} jobs (n_trials {spec.n_trials} x "
+            f"{hparams} hparams draws x {len(algorithms)} algorithms x {test_envs} choices of "
+            f"test environments over its datasets); at most {MAX_JOBS:,} are supported (Table "
+            f"2 has 11,520): lower n_trials or n_hparams, or split it into several sweep files")
+    return count
+
+
 def list_jobs(spec: SweepSpec, data_dir: str, output_dir: str):
-    """DomainBed ``Job`` objects of the sweep (nothing is launched or created)."""
+    """DomainBed ``Job`` objects of the sweep (nothing is launched or created; refused past
+    :data:`MAX_JOBS`, see :func:`count_jobs`)."""
     from domainbed.scripts import sweep
+
+    count_jobs(spec)
 
     args_list = sweep.make_args_list(
         n_trials=spec.n_trials, dataset_names=spec.datasets,

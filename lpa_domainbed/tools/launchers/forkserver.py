@@ -33,8 +33,9 @@ import time
 
 from lpa_domainbed.tools.launchers import forkserver_server as _forkserver_server
 from lpa_domainbed.tools.launchers.forkserver_server import TRAIN_MODULE
+from lpa_domainbed.tools.launchers.gpus import gpu_pool
 from lpa_domainbed.tools.launchers.local_parallel import Starter, _child_env, run_locally
-from lpa_domainbed.tools.launchers.processes import signal_group, stop_jobs
+from lpa_domainbed.tools.launchers.processes import LaunchFailed, signal_group, stop_jobs
 from lpa_domainbed.tools.launchers.settings import num_parallel_jobs, settings_or_cleanup
 from lpa_domainbed.tools.runinfo import env_with_python
 
@@ -103,9 +104,10 @@ class ForkServer:
             elif "exit" in event:
                 self.exits[event["job"]] = event["exit"]
 
-    def submit(self, index: int, argv: list[str], log: str) -> "ForkedJob":
-        """Fork the job; waits for its pid (the first waits for the server's imports)."""
-        request = json.dumps({"job": index, "argv": argv, "log": log}) + "\n"
+    def submit(self, index: int, argv: list[str], log: str, env: dict) -> "ForkedJob":
+        """Fork the job (``env`` added to its environment); waits for its pid (the first waits
+        for the server's imports)."""
+        request = json.dumps({"job": index, "argv": argv, "log": log, "env": env}) + "\n"
         try:
             os.write(self._requests, request.encode())
         except BrokenPipeError:
@@ -113,9 +115,14 @@ class ForkServer:
         while index not in self.pids and not self.ended:
             self.pump(1.0)
         if self.ended:
-            raise RuntimeError(f"the {_PREFIX[1:-1]} server ended (exit {self.process.wait()}) "
-                               f"before starting job {index}: its message is above; "
-                               f"--command_launcher local_parallel runs without it")
+            code = self.process.wait()
+            how = f"killed by signal {-code}" if code < 0 else f"exit {code}"
+            raise LaunchFailed(
+                f"error: {_PREFIX} the server that forks the jobs ended ({how}) before job "
+                f"{index} started (a message of its own, if any, is above): the jobs not started "
+                f"are left unlaunched, the stopped ones incomplete. Resume with the sweep's "
+                f"resume command (lpa-domainbed sweep ... --restart_incomplete, see 'Resume' in "
+                f"docs/launchers.md); --command_launcher local_parallel runs without the server")
         return ForkedJob(self, index, self.pids[index])
 
     def close(self, stop: bool = False) -> None:
@@ -171,11 +178,11 @@ class ForkStarter(Starter):
         super().__init__(env)
         self.plans, self.server = plans, None
 
-    def start(self, index: int, command: str, log: str):
+    def start(self, index: int, command: str, log: str, extra_env: dict):
         if self.plans[index] is None:
-            return super().start(index, command, log)
+            return super().start(index, command, log, extra_env)
         self.server = self.server or ForkServer(self.env)
-        return self.server.submit(index, self.plans[index], log), None
+        return self.server.submit(index, self.plans[index], log, extra_env), None
 
     def close(self, stop: bool = False) -> None:
         if self.server:
@@ -197,4 +204,4 @@ def local_forkserver_launcher(commands: list[str], max_jobs: int | None = None) 
         print(f"{_PREFIX} {others} of {len(commands)} commands are not '<python> -m "
               f"{TRAIN_MODULE} ...' of this environment: they run as subprocesses",
               file=sys.stderr, flush=True)
-    return run_locally(commands, max_jobs or jobs_setting, ForkStarter(env, plans))
+    return run_locally(commands, max_jobs or jobs_setting, ForkStarter(env, plans), gpu_pool())

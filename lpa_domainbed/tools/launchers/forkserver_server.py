@@ -17,7 +17,9 @@ The child then ends exactly as ``python -m domainbed.scripts.train ...`` would: 
 which calls ``cuInit``) cannot hand a working CUDA to forked children. The server refuses to
 serve when anything it imported did so; the children initialize CUDA themselves.
 
-Protocol: JSON lines. Requests ``{"job": i, "argv": [...], "log": path}``; events
+Protocol: JSON lines. Requests ``{"job": i, "argv": [...], "log": path, "env": {...}}`` (``env``:
+variables the child sets before the train script runs, such as its ``CUDA_VISIBLE_DEVICES``;
+the log exists already and is appended to); events
 ``{"ready": true}``, ``{"job": i, "pid": pid}``, ``{"job": i, "exit": status}`` (status as
 ``Popen.returncode``: negative for a signal). End of the request pipe (the launcher has ended,
 even killed) or SIGTERM: every child's process group is stopped, and the server exits.
@@ -167,14 +169,17 @@ class _Server:
 
 def _enter_child(server: _Server, job: dict) -> None:
     """In the forked child: a session of its own, the signals a fresh interpreter has, no
-    server pipes, stdout and stderr to the job's log (opened as local_parallel opens it)."""
+    server pipes, the job's variables (its GPU: CUDA is not initialized yet, see
+    :func:`cuda_touched`), stdout and stderr to the job's log (appended to, as local_parallel
+    does)."""
     os.setsid()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     server.requests.close()
     os.close(server.events_fd)
-    log = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    os.environ.update(job.get("env") or {})
+    log = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)

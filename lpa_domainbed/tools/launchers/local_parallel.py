@@ -4,7 +4,10 @@ DomainBed's ``local`` launcher is serial. This one keeps ``LPA_DOMAINBED_JOBS`` 
 running (default: the number of CPU cores), writes one log per job, prints progress, reports
 failed jobs with their log, and on Ctrl-C (or SIGTERM, SIGHUP) stops every job (see
 :mod:`.processes`) and ends the sweep with one line. Jobs get this process's environment
-(``LPA_DOMAINBED_PLUGINS`` included) with the sweep's interpreter first on PATH.
+(``LPA_DOMAINBED_PLUGINS`` included) with the sweep's interpreter first on PATH, and each one
+GPU of the machine, spread evenly (:mod:`.gpus`; the job's log names it). When a job's shell
+ends, whatever of its process group still runs is stopped (a shell killed on its own would
+leave its python running, unwatched).
 
 The loop that does all of this, :func:`run_locally`, takes the way a job starts as an
 argument (a :class:`Starter`): ``local_parallel`` starts a shell per command,
@@ -19,10 +22,12 @@ import sys
 import tempfile
 import time
 
+from lpa_domainbed.tools.launchers.gpus import GpuPool, gpu_pool
 from lpa_domainbed.tools.launchers.jobs import (job_output_dirs, remove_empty_job_dirs,
                                                 start_clean)
 from lpa_domainbed.tools.launchers.processes import (ignoring_ctrl_c, interrupted, start_job,
-                                                     stop_jobs, stop_signals_as_ctrl_c)
+                                                     stop_jobs, stop_leftovers,
+                                                     stop_signals_as_ctrl_c)
 from lpa_domainbed.tools.launchers.settings import num_parallel_jobs, settings_or_cleanup
 
 __all__ = ["Starter", "local_parallel_launcher", "run_locally"]
@@ -50,39 +55,58 @@ def _child_env() -> dict:
 
 class Starter:
     """How :func:`run_locally` starts a job: here, a shell of its own process group (see
-    :func:`.processes.start_job`) writing to the job's log. A subclass may start some jobs
-    another way; what it returns needs ``pid``, ``poll()``, ``returncode`` and ``wait()``
-    (used by :func:`.processes.stop_jobs`)."""
+    :func:`.processes.start_job`) appending to the job's log (made by :func:`run_locally`).
+    A subclass may start some jobs another way; what it returns needs ``pid`` (its process
+    group), ``poll()``, ``returncode`` and ``wait()`` (used by :func:`.processes.stop_jobs`)."""
 
     prefix = "[local_parallel]"
 
     def __init__(self, env: dict):
         self.env = env
 
-    def start(self, index: int, command: str, log: str):
-        """Start job ``index``; return ``(process, open file to close when it ends, or None)``."""
-        handle = open(log, "w")
+    def start(self, index: int, command: str, log: str, extra_env: dict):
+        """Start job ``index`` with ``extra_env`` (its GPU) added to the jobs' environment;
+        return ``(process, open file to close when it ends, or None)``."""
+        handle = open(log, "a")
         try:
             return start_job(command, stdout=handle, stderr=subprocess.STDOUT,
-                             env=self.env), handle
+                             env={**self.env, **extra_env}), handle
         except BaseException:
             handle.close()
-            os.remove(log)  # the job never ran: its directory stays empty, unlaunched
             raise
 
     def close(self, stop: bool = False) -> None:
         """Called once at the end (``stop``: the launch was interrupted or failed)."""
 
 
-def run_locally(commands: list[str], max_jobs: int, starter: Starter) -> list[str]:
-    """Run ``commands`` with at most ``max_jobs`` at once, each started by ``starter``. Returns
-    the commands that failed; Ctrl-C, SIGTERM or SIGHUP stop the running jobs and raise
-    SystemExit(130). Should a job fail to start, the running ones are stopped, the unstarted
-    ones' empty directories removed (a rerun launches them), and the error raised."""
+def _start(starter: Starter, index: int, command: str, log: str, gpus: GpuPool, gpu):
+    """Make the job's log (naming its GPU) and start the job; on failure remove the log, so
+    the job's directory stays empty, unlaunched."""
+    with open(log, "w") as handle:
+        if gpu is not None:
+            handle.write(f"{starter.prefix} job {index} runs on GPU {gpus.devices[gpu]} "
+                         f"(CUDA_VISIBLE_DEVICES={gpus.devices[gpu]})\n")
+    try:
+        return starter.start(index, command, log, gpus.env(gpu))
+    except BaseException:
+        os.remove(log)
+        raise
+
+
+def run_locally(commands: list[str], max_jobs: int, starter: Starter,
+                gpus: GpuPool | None = None) -> list[str]:
+    """Run ``commands`` with at most ``max_jobs`` at once, each started by ``starter`` on a GPU
+    of ``gpus`` (if any). Returns the commands that failed; Ctrl-C, SIGTERM or SIGHUP stop the
+    running jobs and raise SystemExit(130). Should a job fail to start, the running ones are
+    stopped, the unstarted ones' empty directories removed (a rerun launches them), and the
+    error raised."""
     prefix, total, fallback_dir = starter.prefix, len(commands), None
+    gpus = gpus or GpuPool([])
+    if gpus.describe():
+        print(f"{prefix} {gpus.describe()}", flush=True)
     out_dirs = job_output_dirs(commands)
     pending = list(enumerate(commands))
-    running: dict = {}  # process -> (index, command, log, handle)
+    running: dict = {}  # process -> (index, command, log, handle, gpu)
     failed: list[tuple[str, str, int]] = []
     done, start, last_report = 0, time.time(), (-1, -1, 0.0)
 
@@ -98,7 +122,7 @@ def run_locally(commands: list[str], max_jobs: int, starter: Starter) -> list[st
 
     def stop_all():
         stop_jobs(list(running))
-        for _, _, _, handle in running.values():
+        for _, _, _, handle, _ in running.values():
             if handle:
                 handle.close()
         starter.close(stop=True)
@@ -107,23 +131,34 @@ def run_locally(commands: list[str], max_jobs: int, starter: Starter) -> list[st
         with stop_signals_as_ctrl_c():
             while pending or running:
                 for proc in [p for p in running if p.poll() is not None]:
-                    index, command, log, handle = running.pop(proc)
+                    index, command, log, handle, gpu = running.pop(proc)
+                    left = stop_leftovers(proc.pid)
+                    if left:
+                        print(f"{prefix} job {index} ended (exit {proc.returncode}) while "
+                              f"processes of it still ran (pids {', '.join(map(str, left))}): "
+                              f"stopped them", file=sys.stderr, flush=True)
                     if handle:
                         handle.close()
+                    gpus.release(gpu)
                     if proc.returncode == 0:
                         done += 1
                     else:
                         failed.append((command, log, proc.returncode))
                         print(f"{prefix} job {index} failed (exit {proc.returncode}); log: {log}",
                               file=sys.stderr, flush=True)
-                while pending and len(running) < max_jobs:
+                while pending and len(running) < max_jobs and not gpus.full():
                     index, command = pending[0]
                     if fallback_dir is None and out_dirs[index] is None:
                         fallback_dir = tempfile.mkdtemp(prefix="lpa_domainbed_logs_")
                     log = _log_path(out_dirs[index], fallback_dir, index)
-                    proc, handle = starter.start(index, command, log)
+                    gpu = gpus.acquire()
+                    try:
+                        proc, handle = _start(starter, index, command, log, gpus, gpu)
+                    except BaseException:
+                        gpus.release(gpu)
+                        raise
                     pending.pop(0)
-                    running[proc] = (index, command, log, handle)
+                    running[proc] = (index, command, log, handle, gpu)
                 report()
                 time.sleep(_POLL_SECONDS)
     except KeyboardInterrupt:
@@ -149,4 +184,4 @@ def local_parallel_launcher(commands: list[str], max_jobs: int | None = None) ->
     job does not stop the others. Ctrl-C stops the running jobs and raises SystemExit(130)."""
     commands = list(commands)
     jobs_setting = settings_or_cleanup(commands, "local_parallel", num_parallel_jobs)
-    return run_locally(commands, max_jobs or jobs_setting, Starter(_child_env()))
+    return run_locally(commands, max_jobs or jobs_setting, Starter(_child_env()), gpu_pool())

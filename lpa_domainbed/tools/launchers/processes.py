@@ -15,10 +15,11 @@ import sys
 import threading
 import time
 
+from lpa_domainbed.tools.live_jobs import group_members
 from lpa_domainbed.tools.runinfo import env_with_python
 
-__all__ = ["ignoring_ctrl_c", "interruptible_children", "interrupted", "signal_group",
-           "start_job", "stop_jobs", "stop_signals_as_ctrl_c"]
+__all__ = ["LaunchFailed", "ignoring_ctrl_c", "interruptible_children", "interrupted", "signal_group",
+           "start_job", "stop_jobs", "stop_leftovers", "stop_signals_as_ctrl_c"]
 
 GRACE_SECONDS = 5.0
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -54,6 +55,19 @@ def stop_jobs(processes: list[subprocess.Popen], grace: float = GRACE_SECONDS) -
     for process in processes:
         signal_group(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def stop_leftovers(pgid: int, grace: float = GRACE_SECONDS) -> list[int]:
+    """Stop what is left of the job's process group ``pgid`` once its leader has ended (a
+    job's shell killed on its own leaves its python running); return the pids found."""
+    left = group_members(pgid)
+    if left:
+        signal_group(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while group_members(pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        signal_group(pgid, signal.SIGKILL)
+    return left
 
 
 @contextlib.contextmanager
@@ -108,6 +122,12 @@ def interruptible_children():
         yield
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class LaunchFailed(SystemExit, RuntimeError):
+    """A launch that could not go on (its message says why and what to do). A RuntimeError to
+    callers; uncaught (in DomainBed's sweep script) it ends the process with its message alone,
+    without a traceback (it is also a SystemExit, status 1)."""
 
 
 def interrupted(prefix: str, stopped: int, finished: int) -> SystemExit:

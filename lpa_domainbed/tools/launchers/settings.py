@@ -8,7 +8,9 @@ removes the job directories of its commands that are still empty, then raises. A
 tool can call :func:`validate_settings` before it starts DomainBed at all.
 
 An empty variable counts as unset. Every error is a ValueError naming the variable and what to
-set it to (a missing submitit is a ModuleNotFoundError saying what to install).
+set it to (a missing submitit is a ModuleNotFoundError saying what to install). No setting may
+hold a control character (a newline in a Slurm setting would become a line of its own in the
+sbatch script).
 """
 
 from __future__ import annotations
@@ -19,13 +21,23 @@ import json
 import math
 import os
 import shutil
+import unicodedata
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from lpa_domainbed.tools.launchers.jobs import remove_empty_job_dirs
 
-__all__ = ["LauncherSettingError", "SlurmSettings", "num_parallel_jobs", "settings_or_cleanup",
+__all__ = ["LauncherSettingError", "SlurmSettings", "jobs_per_gpu", "num_parallel_jobs",
+           "settings_or_cleanup",
            "slurm_settings", "validate_settings"]
+
+
+def _control_character(text: str) -> str | None:
+    """The first control character of ``text`` (a newline, a tab, ...) as ``repr`` shows it."""
+    for char in text:
+        if unicodedata.category(char) == "Cc" or char in "\u2028\u2029":
+            return repr(char)[1:-1]
+    return None
 
 
 def _text(raw: str) -> str:
@@ -53,7 +65,26 @@ def _sbatch_options(raw: str) -> dict:
     if not isinstance(options, dict) or not all(
             isinstance(v, (str, int, float, bool)) for v in options.values()):
         raise ValueError("not a JSON object of strings, numbers or booleans")
+    for key, value in options.items():
+        for text in (key, value):
+            char = _control_character(text) if isinstance(text, str) else None
+            if char:
+                raise ValueError(f"option {key!r} holds the control character {char}, which "
+                                 f"would end its line in the sbatch script")
     return options
+
+
+def _log_dir(raw: str) -> Path:
+    """A directory that exists or can be made (checked without making anything)."""
+    path = Path(raw).expanduser()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{existing} is not writable")
+    return path
 
 
 def _cluster(raw: str) -> str:
@@ -69,6 +100,11 @@ def _read(environ: Mapping[str, str], name: str, parse: Callable[[str], Any], ex
     raw = environ.get(name, "").strip()
     if not raw:
         return default
+    char = _control_character(raw)
+    if char:
+        raise ValueError(f"{name}={raw!r} is invalid: it holds the control character {char} "
+                         f"(a Slurm setting must be one line; in the sbatch script it would "
+                         f"start a line of its own): set it to {expected}, on one line")
     try:
         return parse(raw)
     except (ValueError, TypeError) as error:
@@ -82,6 +118,13 @@ def num_parallel_jobs(environ: Mapping[str, str] | None = None) -> int:
     return _read(os.environ if environ is None else environ, "LPA_DOMAINBED_JOBS",
                  _int_at_least(1), "a positive integer (jobs running at once)",
                  os.cpu_count() or 1)
+
+
+def jobs_per_gpu(environ: Mapping[str, str] | None = None) -> int | None:
+    """``LPA_DOMAINBED_JOBS_PER_GPU``: jobs the local launchers run at once on one GPU
+    (default: no cap; see :mod:`.gpus`)."""
+    return _read(os.environ if environ is None else environ, "LPA_DOMAINBED_JOBS_PER_GPU",
+                 _int_at_least(1), "a positive integer (jobs running at once on one GPU)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,8 +159,9 @@ _SLURM_VARIABLES = (
      "a positive integer (tasks per job array, below the cluster's MaxArraySize)"),
     ("extra", "LPA_SLURM_EXTRA", _sbatch_options,
      'a JSON object of sbatch options, e.g. {"qos": "high", "constraint": "a100"}'),
-    ("log_dir", "LPA_SUBMITIT_LOG_DIR", lambda raw: Path(raw).expanduser(),
-     "a directory on a file system shared with the compute nodes"),
+    ("log_dir", "LPA_SUBMITIT_LOG_DIR", _log_dir,
+     "a writable directory (or one that can be made) on a file system shared with the "
+     "compute nodes"),
     ("cluster", "LPA_SUBMITIT_CLUSTER", _cluster, "'slurm' or 'local'"),
 )
 
@@ -129,6 +173,13 @@ def slurm_settings(environ: Mapping[str, str] | None = None) -> SlurmSettings:
     settings = SlurmSettings(**{
         field: _read(environ, name, parse, expected, getattr(defaults, field))
         for field, name, parse, expected in _SLURM_VARIABLES})
+    if settings.log_dir == defaults.log_dir:  # the default, in the current directory
+        try:
+            _log_dir(str(defaults.log_dir.absolute()))
+        except ValueError as error:
+            raise ValueError(f"LPA_SUBMITIT_LOG_DIR is unset and its default ./{defaults.log_dir} "
+                             f"cannot be made here ({error}): set it to a writable directory "
+                             f"on a file system shared with the compute nodes") from None
     if settings.cluster == "slurm" and shutil.which("srun", path=environ.get("PATH")) is None:
         raise ValueError("LPA_SUBMITIT_CLUSTER='slurm' but 'srun' is not on PATH: run on a "
                          "Slurm login node, or set LPA_SUBMITIT_CLUSTER=local")
@@ -142,6 +193,7 @@ def validate_settings(launcher: str | None = None,
     variable and what to set, or ModuleNotFoundError when ``submitit`` is not installed."""
     if launcher in (None, "local_parallel", "local_forkserver"):
         num_parallel_jobs(environ)
+        jobs_per_gpu(environ)
     if launcher in (None, "submitit"):
         slurm_settings(environ)
     if launcher == "submitit" and importlib.util.find_spec("submitit") is None:

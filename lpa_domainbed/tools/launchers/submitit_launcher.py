@@ -36,9 +36,9 @@ import sys
 import time
 
 from lpa_domainbed.tools.launchers.jobs import job_output_dirs, remove_empty_job_dirs, start_clean
-from lpa_domainbed.tools.launchers.processes import (ignoring_ctrl_c, interruptible_children,
-                                                     interrupted, start_job, stop_jobs,
-                                                     stop_signals_as_ctrl_c)
+from lpa_domainbed.tools.launchers.processes import (LaunchFailed, ignoring_ctrl_c,
+                                                     interruptible_children, interrupted,
+                                                     start_job, stop_jobs, stop_signals_as_ctrl_c)
 from lpa_domainbed.tools.launchers.settings import (SlurmSettings, settings_or_cleanup,
                                                     slurm_settings)
 from lpa_domainbed.tools.launchers.slurm_queue import JOB_NAME, ended_state, queue_states
@@ -214,7 +214,14 @@ def submitit_launcher(commands: list[str]) -> list[str]:
         print(f"{_PREFIX} nothing to launch", flush=True)
         return []
     out_dirs = job_output_dirs(commands)
-    executor, folder, cluster = _make_executor(settings)
+    try:
+        executor, folder, cluster = _make_executor(settings)
+    except Exception as error:  # nothing was submitted: a rerun must launch every job
+        remove_empty_job_dirs(commands)
+        raise LaunchFailed(f"error: {_PREFIX} cannot start ({type(error).__name__}: {error}); "
+                           f"no job was submitted and their empty directories were removed: "
+                           f"fix it (LPA_SUBMITIT_LOG_DIR, LPA_SUBMITIT_CLUSTER) and rerun the "
+                           f"same command") from None
     parallelism = settings.array_parallelism or (64 if cluster == "slurm" else os.cpu_count() or 1)
     print(f"{_PREFIX} {len(commands)} jobs on {cluster}, at most {parallelism} at once; logs in "
           f"{folder}", flush=True)
