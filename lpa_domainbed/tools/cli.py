@@ -1,6 +1,6 @@
-"""Command line: ``lpa-domainbed {demo,sweep,tables} ...`` (= ``python -m lpa_domainbed.tools.cli``,
-behind ``make demo`` / ``make sweep`` / ``make tables``). Outputs default to the current
-directory."""
+"""Command line: lpa-domainbed {demo,sweep,weights,evaluate,tables} ... (= python -m
+lpa_domainbed.tools.cli, behind make demo / make sweep / make tables). Outputs default to the
+current directory."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from lpa_domainbed.tools import runinfo, sweeps
+from lpa_domainbed.tools import evaluate, preflight, runinfo, sweeps, weights_check
 from lpa_domainbed.tools.safe_output import atomic_write_text
 from lpa_domainbed.tools.sweep_lock import SweepLocked, sweep_lock
 
@@ -99,7 +99,7 @@ def print_jobs(spec, data_dir, output_dir, quiet=False) -> list:
         states[job.state] = states.get(job.state, 0) + 1
     if not quiet:
         for job in jobs:
-            print(f"  {job}")
+            print(f"  {sweeps.describe_job(job)}")
     summary = ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))
     print(f"sweep {spec.name!r}: {len(jobs)} jobs ({summary})", flush=True)
     return jobs
@@ -130,15 +130,7 @@ def cmd_sweep(args) -> int:
     validate_settings(args.launcher or spec.command_launcher)  # before anything is launched
     sweeps.check_hparams(spec)
     jobs = print_jobs(spec, args.data_dir, args.output_dir)
-    missing = sweeps.missing_data(spec, args.data_dir)
-    if missing:
-        message = ("data not found:\n  " + "\n  ".join(missing) + "\nDownload it with "
-                   f"'python -m domainbed.scripts.download --data_dir {args.data_dir}' "
-                   "(see docs/launchers.md) or pass the right "
-                   f"{'DATA_DIR' if os.environ.get('MAKELEVEL') else '--data_dir'}.")
-        if not args.dry_run:
-            raise FileNotFoundError(message)
-        print("warning: " + message)
+    preflight.check_sweep(spec, args.data_dir, args.dry_run)  # data and weights
     if args.dry_run:
         print("dry run: nothing launched. The command would be:")
         print("  " + sweeps.format_command(sweeps.sweep_command(
@@ -230,6 +222,16 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _launcher_help() -> str:
+    from lpa_domainbed.tools.launchers import LAUNCHERS
+
+    defaults = ", ".join(f"{name}: {sweeps.load_sweep(name, check_registry=False).command_launcher}"
+                         for name in sweeps.known_sweeps())
+    return (f"DomainBed command launcher: local, dummy, multi_gpu (DomainBed's), "
+            f"{', '.join(LAUNCHERS)} (this package's) or a plugin's; default: the sweep "
+            f"file's command_launcher ({defaults})")
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["tables"]:  # its own parser, shared with python -m lpa_domainbed.tools.tables
@@ -238,20 +240,33 @@ def main(argv=None) -> int:
         return tables.main(argv[1:])
     parser = argparse.ArgumentParser(prog="lpa-domainbed", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="leave-one-domain-out sweep on RotatedDigits, then tables")
-    p.add_argument("--output_dir", default=os.path.join("sweeps_output", "demo"))
-    p.add_argument("--out_root", default="results")
+    p = sub.add_parser("demo", help="leave-one-domain-out sweep on RotatedDigits, then tables",
+                       description="The demo sweep (sweeps/demo.toml) on the embedded "
+                                   "RotatedDigits through DomainBed's sweep script, then its "
+                                   "tables and RUN.md; rerun to resume (finished jobs are kept).")
+    p.add_argument("--output_dir", default=os.path.join("sweeps_output", "demo"),
+                   help="the sweep's job directories (default: %(default)s)")
+    p.add_argument("--out_root", default="results",
+                   help="the tables go to OUT_ROOT/demo/ (default: %(default)s)")
     p.set_defaults(func=cmd_demo)
-    p = sub.add_parser("sweep", help=f"launch a sweep file ({', '.join(sweeps.known_sweeps())}"
-                                     " or a path to a .toml) with DomainBed's sweep script")
-    p.add_argument("name")
-    p.add_argument("--data_dir", required=True)
-    p.add_argument("--output_dir", required=True)
-    p.add_argument("--launcher", default=None, help="DomainBed command launcher")
-    p.add_argument("--dry_run", action="store_true", help="list the jobs, launch nothing")
+    sweep_help = f"a sweep file's name ({', '.join(sweeps.known_sweeps())}) or a path to a .toml"
+    p = sub.add_parser("sweep", help="launch a sweep file with DomainBed's sweep script",
+                       description="Check a sweep file, its data and its pretrained weights, "
+                                   "then launch it with DomainBed's sweep script (jobs already "
+                                   "done are kept).")
+    p.add_argument("name", help=sweep_help)
+    p.add_argument("--data_dir", required=True,
+                   help="DomainBed's --data_dir: the datasets' files (e.g. DATA_DIR/PACS)")
+    p.add_argument("--output_dir", required=True,
+                   help="DomainBed's --output_dir: one directory per job")
+    p.add_argument("--launcher", default=None, help=_launcher_help())
+    p.add_argument("--dry_run", action="store_true",
+                   help="list the jobs and check data and weights; launch nothing")
     p.add_argument("--restart_incomplete", action="store_true",
                    help="delete and relaunch jobs that started but have no 'done' file")
     p.set_defaults(func=cmd_sweep)
+    weights_check.add_parser(sub, sweep_help)
+    evaluate.add_parser(sub)
     sub.add_parser("tables", add_help=False,
                    help="tables and paired comparisons from sweep outputs "
                         "(lpa-domainbed tables --help)")
