@@ -61,9 +61,9 @@ class WeightFile:
 
     def advice(self) -> str:
         """Fetch it, where to copy it (one line)."""
-        kind = "the folder" if self.variable != "TORCH_HOME" else "the file"
+        kind = "the file" if self.variable == "TORCH_HOME" else "the folder (scp -r, rsync -a)"
         return (f"on a machine with internet run `{self.fetch_command}`, then copy {kind} "
-                f"{self.path.name} into {self.copy_into}/ (scp -r or rsync -a)")
+                f"{self.path.name} into {self.copy_into}/")
 
 
 class PretrainedWeightsMissing(SystemExit):
@@ -154,14 +154,22 @@ _FETCH_ERRORS = {"LocalEntryNotFoundError", "EntryNotFoundError", "OfflineModeIs
                  "ConnectionError", "HTTPError", "TimeoutException", "NetworkError"}
 
 
-def _is_fetch_error(error: BaseException) -> bool:
+def _chain(error: BaseException | None) -> Iterator[BaseException]:
+    """The error, then what caused it."""
     seen = set()
-    while error is not None and id(error) not in seen:  # the error, then what caused it
+    while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, OSError) or _FETCH_ERRORS & {c.__name__ for c in type(error).__mro__}:
-            return True
+        yield error
         error = error.__cause__ or error.__context__
-    return False
+
+
+def _is_fetch_error(error: BaseException) -> bool:
+    return any(isinstance(e, OSError) or _FETCH_ERRORS & {c.__name__ for c in type(e).__mro__}
+               for e in _chain(error))
+
+
+def _from_the_hub(error: BaseException) -> bool:
+    return any(type(e).__module__.startswith("huggingface_hub") for e in _chain(error))
 
 
 def weight_error_line(error: BaseException, missing: Sequence[WeightFile]) -> str | None:
@@ -171,6 +179,8 @@ def weight_error_line(error: BaseException, missing: Sequence[WeightFile]) -> st
     is then not about the weights). Pure: reads neither the file system nor the environment."""
     if not missing or not _is_fetch_error(error):
         return None
+    hub = _from_the_hub(error)  # the file of the failed loader first
+    missing = sorted(missing, key=lambda f: (f.variable == "TORCH_HOME") == hub)
     first = missing[0]
     cause = str(error).strip().splitlines()[0] if str(error).strip() else ""
     cause = f"{type(error).__name__}: {cause}" if cause else type(error).__name__
