@@ -71,8 +71,9 @@ TIMM = "models--timm--resnet50.ram_in1k"  # the Hugging Face hub's folder of tim
 
 @pytest.fixture
 def weight_caches(tmp_path, monkeypatch):
-    """Empty TORCH_HOME and HF_HOME; ``weight_caches.add(name)`` puts a (fake) file where the loaders
-    look: a torchvision checkpoint, or timm's model in the hub layout (refs/main, snapshot)."""
+    """Empty TORCH_HOME and HF_HOME; ``weight_caches.add(name)`` puts a (fake) file where the
+    loaders look: a torchvision checkpoint, or timm's model in the hub layout (refs/main,
+    snapshot)."""
     for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HUB_OFFLINE"):
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
