@@ -16,7 +16,7 @@ import importlib
 import json
 from pathlib import Path
 
-__all__ = ["MODEL_KEYS", "load_model_file", "evaluate", "cmd_evaluate", "add_parser"]
+__all__ = ["MODEL_KEYS", "load_model_file", "rebuild", "evaluate", "cmd_evaluate", "add_parser"]
 
 #: what DomainBed's train script saves in model.pkl
 MODEL_KEYS = ("args", "model_input_shape", "model_num_classes", "model_num_domains",
@@ -44,13 +44,22 @@ def load_model_file(path) -> dict:
         raise ValueError(f"--model {path} holds objects other than tensors, plain values and "
                          f"numpy scalars ({', '.join(others)}), which are not loaded; pass a "
                          f"DomainBed model.pkl")
-    with torch.serialization.safe_globals([_resolve(name) for name in unsafe]):
+    with torch.serialization.safe_globals([_resolve(name) for name in unsafe] + _numpy_dtypes()):
         saved = torch.load(path, map_location="cpu", weights_only=True)
     missing = [k for k in MODEL_KEYS if not isinstance(saved, dict) or k not in saved]
     if missing:
         raise ValueError(f"--model {path} lacks {', '.join(missing)}: it is not a model.pkl "
                          f"of DomainBed's train script (which saves {', '.join(MODEL_KEYS)})")
     return saved
+
+
+def _numpy_dtypes() -> list:
+    """numpy's dtype classes (a numpy scalar in the hparams is saved with its dtype's class,
+    which torch does not list among a file's globals)."""
+    import numpy as np
+
+    dtypes = getattr(np, "dtypes", None)
+    return [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")] if dtypes else []
 
 
 def _resolve(name: str):
@@ -89,17 +98,35 @@ def _split(domain, index: int, split: str, run: dict, holdout_fraction, trial_se
     return in_
 
 
+def rebuild(saved: dict):
+    """The algorithm of a loaded model.pkl (:func:`load_model_file`), built as DomainBed's
+    train script builds it, with its saved state (parameters and buffers) loaded."""
+    from domainbed import algorithms
+
+    from lpa_domainbed.weights import explain_weight_errors
+
+    name = saved["args"]["algorithm"]
+    try:
+        algorithm_class = algorithms.get_algorithm_class(name)
+    except NotImplementedError:
+        raise ValueError(f"the model's algorithm {name!r} is not registered in DomainBed: "
+                         f"install or register the package that defines it") from None
+    hparams = dict(saved["model_hparams"])
+    with explain_weight_errors(saved["model_input_shape"], hparams):
+        algorithm = algorithm_class(saved["model_input_shape"], saved["model_num_classes"],
+                                    saved["model_num_domains"], hparams)
+    algorithm.load_state_dict(saved["model_dict"])
+    return algorithm
+
+
 def evaluate(model, env: int, dataset=None, data_dir=None, split="all",
              holdout_fraction=None, trial_seed=None, device=None) -> dict:
     """Accuracy of ``model`` (a model.pkl path) on domain ``env`` of ``dataset`` (default: the
     run's), read from ``data_dir`` (default: the run's). Returns a dict with ``accuracy``,
     ``n`` (examples), ``domain`` (its name) and what was evaluated."""
     import torch
-    from domainbed import algorithms
     from domainbed.lib import misc
     from domainbed.lib.fast_data_loader import FastDataLoader
-
-    from lpa_domainbed.weights import explain_weight_errors
 
     if split not in SPLITS:
         raise ValueError(f"--split {split}: choose one of {', '.join(SPLITS)}")
@@ -123,15 +150,7 @@ def evaluate(model, env: int, dataset=None, data_dir=None, split="all",
                          f"{data.num_classes} classes; the model takes "
                          f"{tuple(saved['model_input_shape'])} and "
                          f"{saved['model_num_classes']}: pass a dataset it was made for")
-    try:
-        algorithm_class = algorithms.get_algorithm_class(run["algorithm"])
-    except NotImplementedError:
-        raise ValueError(f"the model's algorithm {run['algorithm']!r} is not registered in "
-                         f"DomainBed: install or register the package that defines it") from None
-    with explain_weight_errors(saved["model_input_shape"], hparams):
-        algorithm = algorithm_class(saved["model_input_shape"], saved["model_num_classes"],
-                                    saved["model_num_domains"], hparams)
-    algorithm.load_state_dict(saved["model_dict"])
+    algorithm = rebuild(saved)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     algorithm.to(device)
     part = _split(data[env], env, split, run, holdout_fraction, trial_seed)
