@@ -18,7 +18,7 @@ from lpa_domainbed.tools import evaluate, preflight, runinfo, sweeps, weights_ch
 from lpa_domainbed.tools.safe_output import atomic_write_text
 from lpa_domainbed.tools.sweep_lock import SweepLocked, sweep_lock
 
-__all__ = ["main", "run_forwarding_signals", "resume_command"]
+__all__ = ["main", "build_parser", "run_forwarding_signals", "resume_command"]
 
 INTERRUPTED = 130  # the shell's status for a process stopped by SIGINT
 
@@ -232,12 +232,7 @@ def _launcher_help() -> str:
             f"file's command_launcher ({defaults})")
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["tables"]:  # its own parser, shared with python -m lpa_domainbed.tools.tables
-        from lpa_domainbed.tools import tables
-
-        return tables.main(argv[1:])
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lpa-domainbed", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="leave-one-domain-out sweep on RotatedDigits, then tables",
@@ -270,7 +265,16 @@ def main(argv=None) -> int:
     sub.add_parser("tables", add_help=False,
                    help="tables and paired comparisons from sweep outputs "
                         "(lpa-domainbed tables --help)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["tables"]:  # its own parser, shared with python -m lpa_domainbed.tools.tables
+        from lpa_domainbed.tools import tables
+
+        return tables.main(argv[1:])
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except KeyboardInterrupt:

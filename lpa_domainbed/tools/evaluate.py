@@ -190,7 +190,7 @@ def add_parser(sub) -> None:
                    help="for --split in/out (default: the run's)")
     p.add_argument("--trial_seed", type=int, default=None,
                    help="for --split in/out (default: the run's)")
-    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--device", default=None, help="where the model runs (default: cuda when available, else cpu)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object (accuracy at full precision)")
     p.set_defaults(func=cmd_evaluate)
