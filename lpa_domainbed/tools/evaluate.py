@@ -103,8 +103,10 @@ def rebuild(saved: dict):
     train script builds it, with its saved state (parameters and buffers) loaded."""
     from domainbed import algorithms
 
+    import lpa_domainbed
     from lpa_domainbed.weights import explain_weight_errors
 
+    lpa_domainbed.register()  # ours, and the plugins named by LPA_DOMAINBED_PLUGINS
     name = saved["args"]["algorithm"]
     try:
         algorithm_class = algorithms.get_algorithm_class(name)
