@@ -62,3 +62,35 @@ def _test_device():
     torch.cuda.set_sync_debug_mode("warn")
     yield
     torch.cuda.set_sync_debug_mode("default")
+
+
+RESNET50 = "resnet50-0676ba61.pth"  # torchvision's IMAGENET1K_V1 files (pretrained=True)
+RESNET18 = "resnet18-f37072fd.pth"
+TIMM = "models--timm--resnet50.ram_in1k"  # the Hugging Face hub's folder of timm's model
+
+
+@pytest.fixture
+def weight_caches(tmp_path, monkeypatch):
+    """Empty TORCH_HOME and HF_HOME; ``weight_caches.add(name)`` puts a (fake) file where the
+    loaders look: a torchvision checkpoint, or timm's model in the hub layout (refs/main,
+    snapshot)."""
+    for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+
+    class Caches:
+        torch = tmp_path / "torch" / "hub" / "checkpoints"
+        hub = tmp_path / "hf" / "hub"
+
+        def add(self, name, hub_file="model.safetensors"):
+            if name == TIMM:
+                (self.hub / TIMM / "refs").mkdir(parents=True)
+                (self.hub / TIMM / "refs" / "main").write_text("0" * 40)
+                (self.hub / TIMM / "snapshots" / ("0" * 40)).mkdir(parents=True)
+                (self.hub / TIMM / "snapshots" / ("0" * 40) / hub_file).write_bytes(b"x")
+            else:
+                self.torch.mkdir(parents=True, exist_ok=True)
+                (self.torch / name).write_bytes(b"x")
+
+    return Caches()

@@ -94,3 +94,25 @@ def test_package_algorithms_expand_in_registry_order():
     package = [n for n, cls in load().items() if not getattr(cls, "STUDY_VARIANT", False)]
     assert sweeps.load_sweep("demo").expanded_algorithms() == ["ERM", *package]
     assert package[:2] == ["LPA", "LPL"] and "LPA_Conjecture" not in package
+
+
+def test_table2_pins_the_backbone_of_the_published_numbers():
+    """torchvision's ImageNet ResNet-50, as behind every source of the reference comparison
+    (DomainBed's default would be timm's resnet50.ram_in1k)."""
+    import pandas as pd
+
+    from lpa_domainbed.tools.tables_reference import (comparison_markdown,
+                                                      compare_with_published)
+
+    table2 = sweeps.load_sweep("table2", check_registry=False)
+    assert table2.hparams == {"resnet50_augmix": False} and "resnet18" not in table2.hparams
+    assert "torchvision's ResNet-50" in Path(table2.path).read_text()
+    reference = pd.read_csv(REPO / "results" / "reference" / "published_results.csv")
+    assert reference.backbone.str.contains("ResNet-50 (ImageNet", regex=False).all()
+    assert reference.backbone.str.contains("torchvision", regex=False).all()
+    ours = pd.DataFrame([{"selection": "training_domain_validation", "dataset": "PACS",
+                          "algorithm": "ERM", "mean": 85.0}])
+    comparison = compare_with_published(ours, reference)
+    assert set(comparison["published backbone"]) == {
+        "torchvision ResNet-50 (ImageNet)", "ResNet-50 (ImageNet; DomainBed's torchvision network)"}
+    assert "torchvision's ResNet-50 pretrained on ImageNet" in comparison_markdown(comparison)

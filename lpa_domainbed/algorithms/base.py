@@ -43,6 +43,8 @@ from lpa_domainbed.hparams_check import registry_types, validate
 from lpa_domainbed.perturb.layers import Cut, resolve_cuts
 from lpa_domainbed.perturb.pgd import group_counts
 from lpa_domainbed.perturb.tail import CutForward, Tail
+from lpa_domainbed.train_command_line import is_train_script
+from lpa_domainbed.weights import explain_weight_errors, resnet18_override_warning
 
 __all__ = ["ActivationPerturbation", "NonFiniteLossError", "ProbeResult", "Step", "Tail",
            "flat_norms", "require"]
@@ -122,12 +124,19 @@ class ActivationPerturbation(ERM):
         # names, types, values (each HParam's choices/check); missing defaults filled in
         name = self.registered_name()
         hparams = validate(name, hp.specs_of(type(self)), registry_types(name), hparams)
-        super().__init__(input_shape, num_classes, num_domains, hparams)
+        override = resnet18_override_warning(hparams, input_shape)
+        if override:
+            warnings.warn(override, UserWarning, stacklevel=2)
+        with explain_weight_errors(input_shape, hparams):  # offline: one line, not a traceback
+            super().__init__(input_shape, num_classes, num_domains, hparams)
         self.num_classes = num_classes
         self.num_domains = num_domains
         self.input_shape = tuple(input_shape)
         self.check_hparams()
         self.cuts: list[Cut] = resolve_cuts(self, self.hparams["perturb_layer"])
+        if is_train_script():  # once per run, into DomainBed's out.txt
+            print(f"{name}: perturb_layer={self.hparams['perturb_layer']!r} perturbs "
+                  f"{[c.name for c in self.cuts]}")
         self._cut_forward = CutForward(self.network, self.cuts)
         # updates done: a buffer (saved with the model), mirrored by an int read without sync
         self.register_buffer("update_count", torch.zeros((), dtype=torch.long))

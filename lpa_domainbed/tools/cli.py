@@ -1,6 +1,6 @@
-"""Command line: ``lpa-domainbed {demo,sweep,tables} ...`` (= ``python -m lpa_domainbed.tools.cli``,
-behind ``make demo`` / ``make sweep`` / ``make tables``). Outputs default to the current
-directory."""
+"""Command line: lpa-domainbed {demo,sweep,weights,evaluate,tables} ... (= python -m
+lpa_domainbed.tools.cli, behind make demo / make sweep / make tables). Outputs default to the
+current directory."""
 
 from __future__ import annotations
 
@@ -8,74 +8,19 @@ import argparse
 import json
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from lpa_domainbed.tools import runinfo, sweeps
-from lpa_domainbed.tools.live_jobs import (JobsStillRunning, interrupt_when_parent_dies,
-                                          refuse_live_jobs)
+from lpa_domainbed.tools import evaluate, preflight, runinfo, sweeps, weights_check
+from lpa_domainbed.tools.live_jobs import JobsStillRunning, refuse_live_jobs
+from lpa_domainbed.tools.child_process import INTERRUPTED, run_forwarding_signals
 from lpa_domainbed.tools.safe_output import atomic_write_text
-from lpa_domainbed.tools.sweep_lock import SweepLocked, record_group, sweep_lock
+from lpa_domainbed.tools.sweep_lock import SweepLocked, sweep_lock
 from lpa_domainbed.tools.sweep_paths import check_directory
 
-__all__ = ["main", "run_forwarding_signals", "resume_command"]
-
-INTERRUPTED = 130  # the shell's status for a process stopped by SIGINT
-
-
-def run_forwarding_signals(cmd: list[str]) -> None:
-    """Run ``cmd`` in its own process group with this interpreter first on PATH.
-
-    SIGINT, SIGTERM and SIGHUP sent to us reach the child's whole group (DomainBed's sweep and
-    its launcher) as SIGINT, a Ctrl-C, whatever the signal: the launcher stops its jobs exactly
-    as on Ctrl-C (a SIGTERM would end DomainBed's sweep script at once, leaving the jobs
-    running). We wait for it; then KeyboardInterrupt is raised. A terminal's Ctrl-C reaches
-    only us (the child has its own group), so nobody gets it twice. Should we die without
-    a handler running (``kill -9``), the child gets SIGINT all the same (Linux), and the output
-    directory's lock records its group. Raises CalledProcessError on failure.
-    """
-    print(f"==> {sweeps.format_command(cmd)}", flush=True)
-    received: list[int] = []
-    forwarded: list[int] = []
-    child: subprocess.Popen | None = None
-
-    def forward(signum, _frame):
-        received.append(signum)
-        if child is not None:
-            _interrupt(child)
-            forwarded.append(signum)
-
-    # Installed before the child starts, because exec resets a handled signal to its default
-    # but keeps an ignored one ignored: a sweep started in the background by a script
-    # (`... &`, nohup) has SIGINT ignored, and its child would then ignore the Ctrl-C we
-    # forward, and nothing would stop.
-    previous = {s: signal.signal(s, forward)
-                for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    try:
-        child = subprocess.Popen(cmd, env=runinfo.env_with_python(), start_new_session=True,
-                                 preexec_fn=interrupt_when_parent_dies(os.getpid()))
-        record_group(child.pid)
-        if received and not forwarded:  # a signal came while the child was starting
-            _interrupt(child)
-        returncode = child.wait()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    if received:
-        raise KeyboardInterrupt
-    if returncode:
-        raise subprocess.CalledProcessError(returncode, cmd)
-
-
-def _interrupt(child: subprocess.Popen) -> None:
-    try:
-        os.killpg(child.pid, signal.SIGINT)
-    except ProcessLookupError:
-        pass
-
+__all__ = ["main", "build_parser", "run_forwarding_signals", "resume_command"]
 
 def _shown(path) -> str:
     """A path as the user would type it here (relative to the current directory when inside)."""
@@ -105,7 +50,7 @@ def print_jobs(spec, data_dir, output_dir, quiet=False) -> list:
         states[job.state] = states.get(job.state, 0) + 1
     if not quiet:
         for job in jobs:
-            print(f"  {job}")
+            print(f"  {sweeps.describe_job(job)}")
     summary = ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))
     print(f"sweep {spec.name!r}: {len(jobs)} jobs ({summary})", flush=True)
     return jobs
@@ -138,15 +83,7 @@ def cmd_sweep(args) -> int:
     validate_settings(args.launcher or spec.command_launcher)  # before anything is launched
     sweeps.check_hparams(spec)
     jobs = print_jobs(spec, args.data_dir, args.output_dir)
-    missing = sweeps.missing_data(spec, args.data_dir)
-    if missing:
-        message = ("data not found:\n  " + "\n  ".join(missing) + "\nDownload it with "
-                   f"'python -m domainbed.scripts.download --data_dir {args.data_dir}' "
-                   "(see docs/launchers.md) or pass the right "
-                   f"{'DATA_DIR' if os.environ.get('MAKELEVEL') else '--data_dir'}.")
-        if not args.dry_run:
-            raise FileNotFoundError(message)
-        print("warning: " + message)
+    preflight.check_sweep(spec, args.data_dir, args.dry_run)  # data and weights
     if args.dry_run:
         print("dry run: nothing launched. The command would be:")
         print("  " + sweeps.format_command(sweeps.sweep_command(
@@ -245,32 +182,59 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _launcher_help() -> str:
+    from lpa_domainbed.tools.launchers import LAUNCHERS
+
+    defaults = ", ".join(f"{name}: {sweeps.load_sweep(name, check_registry=False).command_launcher}"
+                         for name in sweeps.known_sweeps())
+    return (f"DomainBed command launcher: local, dummy, multi_gpu (DomainBed's), "
+            f"{', '.join(LAUNCHERS)} (this package's) or a plugin's; default: the sweep "
+            f"file's command_launcher ({defaults})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lpa-domainbed", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("demo", help="leave-one-domain-out sweep on RotatedDigits, then tables",
+                       description="The demo sweep (sweeps/demo.toml) on the embedded "
+                                   "RotatedDigits through DomainBed's sweep script, then its "
+                                   "tables and RUN.md; rerun to resume (finished jobs are kept).")
+    p.add_argument("--output_dir", default=os.path.join("sweeps_output", "demo"),
+                   help="the sweep's job directories (default: %(default)s)")
+    p.add_argument("--out_root", default="results",
+                   help="the tables go to OUT_ROOT/demo/ (default: %(default)s)")
+    p.set_defaults(func=cmd_demo)
+    sweep_help = f"a sweep file's name ({', '.join(sweeps.known_sweeps())}) or a path to a .toml"
+    p = sub.add_parser("sweep", help="launch a sweep file with DomainBed's sweep script",
+                       description="Check a sweep file, its data and its pretrained weights, "
+                                   "then launch it with DomainBed's sweep script (jobs already "
+                                   "done are kept).")
+    p.add_argument("name", help=sweep_help)
+    p.add_argument("--data_dir", required=True,
+                   help="DomainBed's --data_dir: the datasets' files (e.g. DATA_DIR/PACS)")
+    p.add_argument("--output_dir", required=True,
+                   help="DomainBed's --output_dir: one directory per job")
+    p.add_argument("--launcher", default=None, help=_launcher_help())
+    p.add_argument("--dry_run", action="store_true",
+                   help="list the jobs and check data and weights; launch nothing")
+    p.add_argument("--restart_incomplete", action="store_true",
+                   help="delete and relaunch jobs that started but have no 'done' file")
+    p.set_defaults(func=cmd_sweep)
+    weights_check.add_parser(sub, sweep_help)
+    evaluate.add_parser(sub)
+    sub.add_parser("tables", add_help=False,
+                   help="tables and paired comparisons from sweep outputs "
+                        "(lpa-domainbed tables --help)")
+    return parser
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["tables"]:  # its own parser, shared with python -m lpa_domainbed.tools.tables
         from lpa_domainbed.tools import tables
 
         return tables.main(argv[1:])
-    parser = argparse.ArgumentParser(prog="lpa-domainbed", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="leave-one-domain-out sweep on RotatedDigits, then tables")
-    p.add_argument("--output_dir", default=os.path.join("sweeps_output", "demo"))
-    p.add_argument("--out_root", default="results")
-    p.set_defaults(func=cmd_demo)
-    p = sub.add_parser("sweep", help=f"launch a sweep file ({', '.join(sweeps.known_sweeps())}"
-                                     " or a path to a .toml) with DomainBed's sweep script")
-    p.add_argument("name")
-    p.add_argument("--data_dir", required=True)
-    p.add_argument("--output_dir", required=True)
-    p.add_argument("--launcher", default=None, help="DomainBed command launcher")
-    p.add_argument("--dry_run", action="store_true", help="list the jobs, launch nothing")
-    p.add_argument("--restart_incomplete", action="store_true",
-                   help="delete and relaunch jobs that started but have no 'done' file")
-    p.set_defaults(func=cmd_sweep)
-    sub.add_parser("tables", add_help=False,
-                   help="tables and paired comparisons from sweep outputs "
-                        "(lpa-domainbed tables --help)")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except KeyboardInterrupt:

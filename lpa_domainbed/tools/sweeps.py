@@ -27,7 +27,8 @@ else:  # Python 3.10: the same parser from PyPI
 
 __all__ = ["SweepSpec", "SweepFileError", "SWEEPS_DIR", "sweeps_dir", "known_sweeps",
            "load_sweep", "check_names", "check_hparams", "sweep_command", "count_jobs",
-           "list_jobs", "missing_data", "format_command"]
+           "list_jobs", "missing_data", "format_command", "describe_job",
+           "validate_sweep_hparams"]
 
 #: where DomainBed's image datasets read their files, relative to --data_dir
 DATA_SUBDIRS = {"VLCS": "VLCS", "PACS": "PACS", "OfficeHome": "office_home",
@@ -235,6 +236,15 @@ def list_jobs(spec: SweepSpec, data_dir: str, output_dir: str):
         single_test_envs=spec.single_test_envs,
         hparams=json.dumps(spec.hparams, sort_keys=True) if spec.hparams else None)
     return [sweep.Job(args, str(output_dir)) for args in args_list]
+
+
+def describe_job(job) -> str:
+    """One line per DomainBed ``Job``: its state, what it trains (trial seed included: the
+    trials of one configuration differ only there) and its directory."""
+    a = job.train_args
+    envs = " ".join(map(str, a["test_envs"]))
+    return (f"{job.state}: {a['dataset']} {a['algorithm']} test_envs {envs} hparams_seed "
+            f"{a['hparams_seed']} trial_seed {a['trial_seed']} -> {job.output_dir}")
 
 
 def format_command(cmd: list[str]) -> str:

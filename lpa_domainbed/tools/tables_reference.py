@@ -82,13 +82,21 @@ def compare_with_published(overview, reference):
                              "our selection": our_selection, "ours": our_mean,
                              "published": float(published[dataset]),
                              "published selection": selection, "source": published["source"],
+                             "published backbone": _text(published.get("backbone")),
                              "ours - published": our_mean - float(published[dataset])})
     return pd.DataFrame(rows)
+
+
+def _text(value) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 
 
 def comparison_markdown(comparison):
     """The text of reference_comparison.md."""
     return ("# Ours vs published (dataset averages, %)\n\nPublished rows with 'unspecified' "
-            "model selection are shown beside our training-domain validation numbers.\n\n"
+            "model selection are shown beside our training-domain validation numbers. Each "
+            "source's backbone is in 'published backbone'; sweeps/table2.toml trains the "
+            "same, torchvision's ResNet-50 pretrained on ImageNet (resnet50_augmix = false)."
+            "\n\n"
             + tabulate(comparison, headers="keys", tablefmt="pipe", floatfmt=".1f",
                        showindex=False) + "\n")
