@@ -79,7 +79,7 @@ def test_dry_run_lists_jobs_and_missing_data_is_an_error(tmp_path, capsys):
     assert cli.main(["sweep", "table2", "--data_dir", str(tmp_path), "--output_dir",
                      str(out_dir), "--dry_run"]) == 0
     printed = capsys.readouterr().out
-    assert "11520 jobs (11520 not launched)" in printed and "PACS: no directory" in printed
+    assert "13440 jobs (13440 not launched)" in printed and "PACS: no directory" in printed
     assert not out_dir.exists()  # a dry run creates nothing
     assert cli.main(["sweep", "table2", "--data_dir", str(tmp_path), "--output_dir",
                      str(out_dir)]) == 2
