@@ -157,3 +157,16 @@ def test_validate_sweep_hparams_lists_every_problem_naming_the_algorithm(
     lines = str(error.value).splitlines()
     for fragment in fragments:
         assert any(fragment in line for line in lines), (fragment, lines)
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--steps", "0"], "--steps 0: DomainBed reads 0 as 'not given'"),
+    (["--steps=-3"], "--steps -3: no update would run, yet the job would be marked done"),
+    (["--checkpoint_freq", "0"], "--checkpoint_freq 0"),
+    (["--hparams", "[1, 2]"], "is a JSON list, not an object"),
+])
+def test_a_wrong_train_command_line_is_one_line_saying_what_to_write(argv, fragment):
+    from lpa_domainbed.train_command_line import problem
+
+    assert fragment in problem(["--dataset", "X", *argv])
+    assert problem(["--dataset", "X", "--steps", "5", "--checkpoint_freq", "2"]) is None
