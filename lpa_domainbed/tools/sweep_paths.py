@@ -12,7 +12,7 @@ from pathlib import Path
 __all__ = ["check_directory"]
 
 # what DomainBed and the launchers put below an output directory: <32-hex job>/attempt-<n>/<file>
-_JOB_PATH_ROOM = len("/0123456789abcdef0123456789abcdef/attempt-100/results.jsonl.tmp")
+_JOB_PATH_ROOM = len("/" + "0" * 32 + "/attempt-100/results.jsonl.tmp")  # a job hash and its files
 
 
 def _exists(path: Path) -> bool:
