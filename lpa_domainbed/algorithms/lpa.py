@@ -170,13 +170,6 @@ class LPA(ActivationPerturbation):
         return self.cuts[int(torch.stack(list(scores.values())).argmax())]
 
 
-@ALGORITHMS.register("LPA_Amortized")
-class LPA_Amortized(LPA):
-    """Amortized LPA under its own name, so that sweeps and tables hold it beside exact LPA."""
-
-    HPARAM_DEFAULTS = {"lpa_mode": "amortized"}
-
-
 @ALGORITHMS.register("LPL")
 class LPL(LPA):
     """LPA at the logits (paper 3.4.2): the logit perturbation of LPL (Li et al., 2022)."""
@@ -190,3 +183,10 @@ class LPA_LPL(LPA):
     its own bound ``eps_c^(l)``."""
 
     HPARAM_DEFAULTS = {"perturb_layer": "default,logits"}  # the default layer and the logits
+
+
+@ALGORITHMS.register("LPA_Amortized")
+class LPA_Amortized(LPA):
+    """Amortized LPA under its own name, so that sweeps and tables hold it beside exact LPA."""
+
+    HPARAM_DEFAULTS = {"lpa_mode": "amortized"}

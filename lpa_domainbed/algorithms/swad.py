@@ -70,6 +70,10 @@ class SWAD(Algorithm):
 
     WRAPPED = "ERM"
 
+    #: named one by one in a sweep file, never brought by "@lpa_domainbed" (the demo): SWAD
+    #: wraps another algorithm rather than being one more perturbation
+    STUDY_VARIANT = True
+
     @classmethod
     def wrapped_class(cls):
         from domainbed import algorithms

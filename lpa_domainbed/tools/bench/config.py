@@ -112,7 +112,8 @@ def variants() -> list[Variant]:
 
     covered = {v.algorithm for v in EXPLICIT_VARIANTS}
     return [v for v in EXPLICIT_VARIANTS if available(v)] + [
-        Variant(name, "default") for name in load() if name not in covered]
+        Variant(name, "default") for name, cls in load().items()
+        if name not in covered and not getattr(cls, "WRAPPED", None)]  # SWAD: wraps a variant
 
 
 @dataclasses.dataclass(frozen=True)
