@@ -13,7 +13,8 @@ import sys
 import pytest
 
 from launcher_helpers import (BARE_PATH, assert_all_gone, interrupt_once_pids_exist,
-                              python_and_env_probe, sleeper_command, writer_command)
+                              python_and_env_probe, recorded_pids, sleeper_command,
+                              wait_for_pids, writer_command)
 from lpa_domainbed.tools.launchers import LAUNCHERS, local_parallel, validate_settings
 from lpa_domainbed.tools.launchers import settings as settings_module
 from lpa_domainbed.tools.launchers import submitit_launcher as submitit_module
@@ -62,6 +63,26 @@ def test_local_parallel_ctrl_c_prints_one_line_and_leaves_no_orphan(tmp_path, mo
     err = capsys.readouterr().err.splitlines()
     assert err == ["[local_parallel] interrupted: stopped 2 unfinished jobs, 0 finished jobs are "
                    "kept; the stopped ones are incomplete (see 'Resume' in docs/launchers.md)"]
+
+
+def test_a_ctrl_c_while_a_job_starts_stops_that_job_too(tmp_path, capsys):
+    """SIGINT that lands between a job's fork and its record (a loaded machine widens that
+    moment): the job is still stopped, not left running in its own session."""
+    import signal
+
+    class InterruptedWhileStarting(local_parallel.Starter):
+        def start(self, index, command, log, extra_env):
+            started = super().start(index, command, log, extra_env)
+            wait_for_pids(tmp_path, 2)
+            os.kill(os.getpid(), signal.SIGINT)  # the job runs; the launcher has not recorded it
+            return started
+
+    with pytest.raises(SystemExit) as stop:
+        local_parallel.run_locally([sleeper_command(tmp_path, 0)], 1,
+                                   InterruptedWhileStarting(dict(os.environ)))
+    assert stop.value.code == 130
+    assert_all_gone(recorded_pids(tmp_path, 2))
+    assert "interrupted: stopped 1 unfinished jobs" in capsys.readouterr().err
 
 
 def test_local_parallel_jobs_get_the_sweeps_environment_and_interpreter(tmp_path, monkeypatch):

@@ -121,10 +121,9 @@ def test_conjecture_reading_expands_positive_and_contracts_negative_on_the_conv_
     alg = algorithms.get_algorithm_class("LPA")((3, 28, 28), 10, 3, hparams)
     alg.class_accuracy[:5] = 0.0  # classes 0-4 below the mean: P_a; 5-9: N_a
     x, y = style[1].tensors[0][:60], style[1].tensors[1][:60]
-    runs = {}
-    for direction in ("loss", "conjecture"):
-        alg.hparams["lpa_direction"] = direction
-        runs[direction] = alg.probe(x, y)
+    from lpa_domainbed.tools.norm_study import with_direction
+
+    runs = {d: with_direction(alg, d).probe(x, y) for d in ("loss", "conjecture")}
     r = runs["conjecture"]
     clean, perturbed = r.clean[r.layers[0]], r.perturbed[r.layers[0]]
     assert clean.dim() == 4  # a spatial feature map

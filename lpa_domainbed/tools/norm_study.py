@@ -13,11 +13,12 @@ StyleDigits: MNIST_CNN; domains 0-2 for training), then probes that one network,
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 
 import torch
 
-__all__ = ["measure", "READINGS"]
+__all__ = ["measure", "READINGS", "with_direction"]
 
 #: the values of ``lpa_direction`` compared
 READINGS = ("loss", "conjecture")
@@ -45,6 +46,18 @@ def _train(dataset: str, steps: int, seed: int, eps: float, batch: int):
     return alg, torch.cat([e[0] for e in envs]), torch.cat([e[1] for e in envs])
 
 
+def with_direction(alg, direction: str):
+    """A copy of the trained LPA ``alg`` whose search reads ``lpa_direction = direction``.
+
+    The search reads its hparams when it is built, so the copy builds its own; the network,
+    the class statistics and the original are untouched."""
+    twin = copy.deepcopy(alg)
+    twin.hparams["lpa_direction"] = direction
+    twin.search = type(alg.search)(twin.hparams, alg.num_classes, [c.name for c in alg.cuts],
+                                   alg.statistics.needs_accuracy)
+    return twin
+
+
 def _per_class(alg, x, y) -> dict:
     r = alg.probe(x, y)
     clean, perturbed = r.clean[r.layers[0]], r.perturbed[r.layers[0]]  # the default layer
@@ -66,12 +79,7 @@ def measure(steps: int = 300, seed: int = 0, eps: float = 0.3, dataset: str = "R
     """``{reading: {"positive": [ratio per class], "negative": [...], "loss_change_positive":
     [...], "loss_change_negative": [...]}}`` for one network trained ``steps`` updates."""
     alg, x, y = _train(dataset, steps, seed, eps, batch)
-    out = {}
-    for reading in READINGS:
-        alg.hparams["lpa_direction"] = reading
-        out[reading] = _per_class(alg, x, y)
-    alg.hparams["lpa_direction"] = "loss"
-    return out
+    return {reading: _per_class(with_direction(alg, reading), x, y) for reading in READINGS}
 
 
 def main(argv=None) -> None:

@@ -184,6 +184,13 @@ class ForkStarter(Starter):
         self.server = self.server or ForkServer(self.env)
         return self.server.submit(index, self.plans[index], log, extra_env), None
 
+    def starting(self, index: int):
+        """A forked job needs no deferral (the server stops its children when it is closed),
+        and the first waits for the server's imports, during which a Ctrl-C must act."""
+        if self.plans[index] is None:
+            return super().starting(index)
+        return contextlib.nullcontext()
+
     def close(self, stop: bool = False) -> None:
         if self.server:
             self.server.close(stop=stop)

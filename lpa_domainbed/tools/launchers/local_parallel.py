@@ -25,9 +25,9 @@ import time
 from lpa_domainbed.tools.launchers.gpus import GpuPool, gpu_pool
 from lpa_domainbed.tools.launchers.jobs import (job_output_dirs, remove_empty_job_dirs,
                                                 start_clean)
-from lpa_domainbed.tools.launchers.processes import (ignoring_ctrl_c, interrupted, start_job,
-                                                     stop_jobs, stop_leftovers,
-                                                     stop_signals_as_ctrl_c)
+from lpa_domainbed.tools.launchers.processes import (deferring_stop_signals, ignoring_ctrl_c,
+                                                     interrupted, start_job, stop_jobs,
+                                                     stop_leftovers, stop_signals_as_ctrl_c)
 from lpa_domainbed.tools.launchers.settings import num_parallel_jobs, settings_or_cleanup
 
 __all__ = ["Starter", "local_parallel_launcher", "run_locally"]
@@ -74,6 +74,11 @@ class Starter:
         except BaseException:
             handle.close()
             raise
+
+    def starting(self, index: int):
+        """The context in which job ``index`` is started and recorded: here the stop signals
+        wait (a job forked but not yet recorded would run on, unstopped)."""
+        return deferring_stop_signals()
 
     def close(self, stop: bool = False) -> None:
         """Called once at the end (``stop``: the launch was interrupted or failed)."""
@@ -152,13 +157,14 @@ def run_locally(commands: list[str], max_jobs: int, starter: Starter,
                         fallback_dir = tempfile.mkdtemp(prefix="lpa_domainbed_logs_")
                     log = _log_path(out_dirs[index], fallback_dir, index)
                     gpu = gpus.acquire()
-                    try:
-                        proc, handle = _start(starter, index, command, log, gpus, gpu)
-                    except BaseException:
-                        gpus.release(gpu)
-                        raise
-                    pending.pop(0)
-                    running[proc] = (index, command, log, handle, gpu)
+                    with starter.starting(index):  # a started job is a recorded one
+                        try:
+                            proc, handle = _start(starter, index, command, log, gpus, gpu)
+                        except BaseException:
+                            gpus.release(gpu)
+                            raise
+                        pending.pop(0)
+                        running[proc] = (index, command, log, handle, gpu)
                 report()
                 time.sleep(_POLL_SECONDS)
     except KeyboardInterrupt:

@@ -18,7 +18,7 @@ import time
 from lpa_domainbed.tools.live_jobs import group_members
 from lpa_domainbed.tools.runinfo import env_with_python
 
-__all__ = ["LaunchFailed", "ignoring_ctrl_c", "interruptible_children", "interrupted", "signal_group",
+__all__ = ["LaunchFailed", "deferring_stop_signals", "ignoring_ctrl_c", "interruptible_children", "interrupted", "signal_group",
            "start_job", "stop_jobs", "stop_leftovers", "stop_signals_as_ctrl_c"]
 
 GRACE_SECONDS = 5.0
@@ -83,6 +83,23 @@ def ignoring_ctrl_c():
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def deferring_stop_signals():
+    """Ctrl-C, SIGTERM and SIGHUP that arrive inside wait until its end (main thread only).
+
+    Starting a job and recording it must be one step: a Ctrl-C between ``fork`` and the
+    record would leave a job running in a session of its own that no one stops. The signals
+    are blocked, not ignored, so one that arrived is delivered, and acted on, at the end."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _as_ctrl_c(signum, _frame):
