@@ -55,6 +55,14 @@ def within(low, high, bounds: str = "[]") -> Rule:
     return Rule(lambda v: lo_ok(v) and hi_ok(v), f"a value in {bounds[0]}{low}, {high}{bounds[1]}")
 
 
+#: ``sensible`` for a radius relative to the activation's norm (LPA's eps, eq. 14; ADA's):
+#: above 1 the perturbation can outgrow the activation it perturbs. The paper finds LPA stable
+#: for eps in [0.05, 0.3] and degrading above 0.5 (Figure 7a).
+RELATIVE_RADIUS = Rule(lambda v: v <= 1, "[0, 1], where the perturbation is at most as large "
+                       "as the activation (the paper: stable for 0.05-0.3, degrading above 0.5, "
+                       "Figure 7a)")
+
+
 def kind(value) -> tuple:
     """The accepted types inferred from a default value (``()`` = anything)."""
     if value is None:
@@ -144,6 +152,9 @@ class HParam:
             an ``int``; a ``None`` default accepts anything).
         choices: the allowed values of an enum, e.g. ``("float32", "bfloat16")``.
         check: a :class:`Rule` a valid value passes, e.g. ``at_least(0)``.
+        sensible: a :class:`Rule` for values that are valid but make the method meaningless
+            (a perturbation larger than the activation it perturbs): one outside it is
+            accepted, with a warning (:meth:`advice`).
 
     A new enum is one line: ``HParam("lpa_direction", "loss", choices=("loss", "conjecture"))``.
     """
@@ -155,6 +166,7 @@ class HParam:
     type: Any = None
     choices: tuple | None = None
     check: Rule | None = None
+    sensible: Rule | None = None
 
     def __post_init__(self):
         if isinstance(self.sample, _Fixed):
@@ -188,6 +200,15 @@ class HParam:
         if self.check is not None and not self.check(value):
             return f"{shown} is invalid: expected {self.check.expected}"
         return None
+
+    def advice(self, value) -> str | None:
+        """Why a valid ``value`` outside :attr:`sensible` will likely give meaningless numbers,
+        and what to set instead; ``None`` inside it."""
+        if self.sensible is None or self.sensible(value):
+            return None
+        return (f"{self.name}={value!r} is accepted, but outside {self.sensible.expected}: the "
+                f"run trains, and its numbers will likely mean little. Set {self.name} inside "
+                f"that range (its default is {self.default!r})")
 
 
 def _defaults_override(cls) -> dict:

@@ -91,6 +91,13 @@ def validate(name: str, specs: list[HParam], types: dict[str, tuple], hparams: d
     return {**{spec.name: spec.default for spec in specs}, **hparams}
 
 
+def advice(specs: list[HParam], hparams: dict) -> list[str]:
+    """What each spec's :meth:`~lpa_domainbed.hparams.HParam.advice` says of ``hparams``
+    (valid values outside their sensible range), in the specs' order."""
+    found = (spec.advice(hparams[spec.name]) for spec in specs if spec.name in hparams)
+    return [text for text in found if text]
+
+
 _EXAMPLE = """write one JSON object of names and values, e.g. --hparams '{"lpa_eps": 0.2}'"""
 
 

@@ -64,12 +64,22 @@ ROWS = [
     # a huge radius perturbs as asked (the l2 norm no longer overflows to a zero perturbation)
     ("LPA", {"lpa_eps": 1e25}, [], 0, "e+24"),
     ("ADA", {"ada_eps": 3e24}, [], 0, "e+24"),
+    # ... and says that its numbers will mean little (a radius relative to |a| above 1)
+    ("LPA", {"lpa_eps": 1e20}, [], 0, "LPA: lpa_eps=1e+20 is accepted, but outside [0, 1]"),
+    ("LPA", {"lpa_eps": 1e30}, [], 0, "Set lpa_eps inside that range (its default is 0.1)"),
+    ("ADA", {"ada_eps": 5.0}, [], 0, "ADA: ada_eps=5.0 is accepted, but outside [0, 1]"),
     # a plugin's perturb that returns the wrong thing (PLUGIN below)
     ("ReturnsNone", None, [], 1, "ReturnsNone.perturb returned 'NoneType' at"),
     ("ReturnsFloat", None, [], 1, "ReturnsFloat.perturb returned 'float' at"),
     ("ReturnsDouble", None, [], 1, "ReturnsDouble.perturb returned a torch.float64 tensor"),
     ("ReturnsDetached", None, [], 0,
      "ReturnsDetached.perturb returned an activation without graph"),
+    # a plugin's loss that is not one scalar: the error names the plugin and its file
+    ("LossPerSample", None, [], 1, "LossPerSample.loss (defined in "),
+    ("LossPerSample", None, [], 1,
+     "bad_plugins.py) returned a tensor of shape ("),
+    ("LossFloat", None, [], 1,
+     "bad_plugins.py) returned 'float': it must return the training loss"),
 ]
 
 PLUGIN = """
@@ -81,6 +91,14 @@ RESULTS = {"ReturnsNone": lambda a: None, "ReturnsFloat": lambda a: 1.0,
 for name, result in RESULTS.items():
     ALGORITHMS.add(name, type(name, (ActivationPerturbation,), {
         "perturb": lambda self, a, y, step, tail, state, result=result: result(a)}))
+
+import torch.nn.functional as F
+LOSSES = {"LossPerSample": lambda logits, y: F.cross_entropy(logits, y, reduction="none"),
+          "LossFloat": lambda logits, y: float(F.cross_entropy(logits, y))}
+for name, loss in LOSSES.items():
+    ALGORITHMS.add(name, type(name, (ActivationPerturbation,), {
+        "perturb": lambda self, a, y, step, tail, state: a,
+        "loss": lambda self, logits, y, step, state, loss=loss: loss(logits, y)}))
 """
 
 DRIVER = """

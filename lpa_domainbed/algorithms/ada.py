@@ -45,7 +45,7 @@ class ADA(ActivationPerturbation):
     def hparam_specs(cls, dataset=None):
         return super().hparam_specs(dataset) + [
             hp.HParam("ada_eps", 0.1, hp.uniform(0.05, 0.3), "ball radius relative to |a_i|",
-                      check=hp.at_least(0)),
+                      check=hp.at_least(0), sensible=hp.RELATIVE_RADIUS),
             hp.HParam("ada_steps", 3, doc="T, PGD steps", check=hp.at_least(1)),
             hp.HParam("ada_clean_weight", 0.5, hp.choice([0.0, 0.5]), "weight of clean loss",
                       check=hp.within(0, 1)),

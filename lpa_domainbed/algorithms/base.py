@@ -30,6 +30,7 @@ Per-pass state travels as the ``state`` argument, never through ``self``: ``prob
 from __future__ import annotations
 
 import math
+import inspect
 import warnings
 
 import torch
@@ -39,7 +40,7 @@ from domainbed.algorithms import ERM
 from lpa_domainbed import hparams as hp
 from lpa_domainbed.algorithms import ALGORITHMS
 from lpa_domainbed.algorithms.context import PassRecord, ProbeResult, Step, flat_norms
-from lpa_domainbed.hparams_check import registry_types, validate
+from lpa_domainbed.hparams_check import advice, registry_types, validate
 from lpa_domainbed.perturb.layers import Cut, resolve_cuts
 from lpa_domainbed.perturb.pgd import group_counts
 from lpa_domainbed.perturb.tail import CutForward, Tail
@@ -87,6 +88,26 @@ def _check_result(alg, cut: Cut, a: torch.Tensor, a_tilde) -> None:
                       RuntimeWarning, stacklevel=4)
 
 
+def _defined_in(cls) -> str:
+    """Where a class comes from, for an error that must name a plugin: its file, else module."""
+    try:
+        return inspect.getfile(cls)
+    except (TypeError, OSError):
+        return cls.__module__
+
+
+def _check_loss(alg, loss) -> None:
+    """``loss`` must return the training objective: one scalar tensor."""
+    if isinstance(loss, torch.Tensor) and loss.dim() == 0:
+        return
+    where = f"{type(alg).__name__}.loss (defined in {_defined_in(type(alg))})"
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(f"{where} returned {type(loss).__name__!r}: it must return the training "
+                        f"loss, one scalar tensor (e.g. F.cross_entropy(logits, y))")
+    raise RuntimeError(f"{where} returned a tensor of shape {tuple(loss.shape)}: it must return "
+                       f"one scalar, e.g. the mean of per-sample losses (losses.mean())")
+
+
 def _after_load(module, incompatible_keys) -> None:
     module.after_load()
 
@@ -123,7 +144,10 @@ class ActivationPerturbation(ERM):
     def __init__(self, input_shape, num_classes, num_domains, hparams):
         # names, types, values (each HParam's choices/check); missing defaults filled in
         name = self.registered_name()
-        hparams = validate(name, hp.specs_of(type(self)), registry_types(name), hparams)
+        specs = hp.specs_of(type(self))
+        hparams = validate(name, specs, registry_types(name), hparams)
+        for text in advice(specs, hparams):
+            warnings.warn(f"{name}: {text}", UserWarning, stacklevel=2)
         override = resnet18_override_warning(hparams, input_shape)
         if override:
             warnings.warn(override, UserWarning, stacklevel=2)
@@ -218,6 +242,7 @@ class ActivationPerturbation(ERM):
         state = self.begin(x, step)
         logits, record = self._perturbed_pass(x, step, state, self.active_cuts(True))
         loss = self.loss(logits, y, step, state)
+        _check_loss(self, loss)
         report = {"loss": loss.detach(), "rel_perturbation": record.mean_rel(y).mean(),
                   **self.report(logits, y, step, state)}
         # One host transfer for every number, as DomainBed's ERM has its loss.item().

@@ -60,7 +60,7 @@ class LPA(ActivationPerturbation):
     def hparam_specs(cls, dataset=None):
         return super().hparam_specs(dataset) + [
             hp.HParam("lpa_eps", 0.1, hp.uniform(0.05, 0.3), "eps, base bound (eq. 14)",
-                      check=hp.at_least(0)),
+                      check=hp.at_least(0), sensible=hp.RELATIVE_RADIUS),
             hp.HParam("lpa_delta_eps", 0.05, hp.uniform(0.0, 0.1), "Delta eps (eq. 14)",
                       check=hp.at_least(0)),
             hp.HParam("lpa_tau", 0.5, hp.uniform(0.3, 0.9), "tau (eq. 14)"),

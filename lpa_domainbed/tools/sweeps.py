@@ -17,6 +17,7 @@ import dataclasses
 import json
 import shlex
 import sys
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -276,7 +277,7 @@ def validate_sweep_hparams(algorithms, hparams: dict | None) -> None:
     import lpa_domainbed
     from lpa_domainbed import hparams as hp
     from lpa_domainbed.algorithms.base import ActivationPerturbation
-    from lpa_domainbed.hparams_check import known_types, problems, registry_types
+    from lpa_domainbed.hparams_check import advice, known_types, problems, registry_types
 
     lpa_domainbed.register()
     hparams, found, checks = dict(hparams or {}), [], {}
@@ -294,3 +295,6 @@ def validate_sweep_hparams(algorithms, hparams: dict | None) -> None:
                                                                lenient)]
     if found:
         raise ValueError("\n".join(found))
+    for name, (_, specs, _) in checks.items():  # valid, but every job would mean little
+        for text in advice(specs, hparams):
+            warnings.warn(f"{name}: {text}", UserWarning, stacklevel=2)
