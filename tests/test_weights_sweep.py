@@ -108,3 +108,54 @@ def test_the_dry_run_lists_each_job_with_its_trial_seed(tmp_path, capsys):
         assert sum(f"hparams_seed 0 trial_seed {trial} ->" in line for line in lines) == 4
     assert "Not launched: RotatedDigits ERM test_envs 2 hparams_seed 0 trial_seed 1 -> " \
         in "\n".join(lines)
+
+
+PACS_DOMAINS = ("art_painting", "cartoon", "photo", "sketch")
+PACS_CLASSES = ("dog", "elephant", "giraffe", "guitar", "horse", "house", "person")
+
+
+def test_a_three_step_lpa_job_on_a_fake_pacs_tree_trains_once_its_weights_are_placed(
+        weight_caches, tmp_path, capsys):
+    """Offline, the Table 2 path end to end: the dry run names the missing file and where it
+    goes; with a ResNet-50 checkpoint placed there (random weights in torchvision's file name:
+    nothing is downloaded), DomainBed's train script runs 3 LPA steps on PACS and writes done."""
+    import json
+
+    import numpy as np
+    import torch
+    import torchvision
+    from PIL import Image
+
+    from conftest import run_python
+    from lpa_domainbed.tools import cli
+
+    rng = np.random.RandomState(0)
+    for domain in PACS_DOMAINS:
+        for label in PACS_CLASSES:
+            folder = tmp_path / "data" / "PACS" / domain / label
+            folder.mkdir(parents=True)
+            for i in range(2):
+                pixels = rng.randint(0, 256, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    argv = ["sweep", _sweep(tmp_path), "--data_dir", str(tmp_path / "data"), "--output_dir",
+            str(tmp_path / "sweep"), "--dry_run"]
+    assert cli.main(argv) == 0
+    told = capsys.readouterr().out
+    assert "MISSING  torchvision ResNet-50" in told and RESNET50 in told
+
+    where = weight_caches.torch / RESNET50
+    assert str(where.parent) in told  # the dry run says where the file goes
+    where.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(torchvision.models.resnet50().state_dict(), where)
+    out_dir = tmp_path / "job"
+    hparams = {"resnet50_augmix": False, "batch_size": 2}
+    done = run_python(["-m", "domainbed.scripts.train", "--dataset", "PACS", "--algorithm",
+                       "LPA", "--data_dir", str(tmp_path / "data"), "--output_dir",
+                       str(out_dir), "--test_envs", "0", "--steps", "3", "--checkpoint_freq",
+                       "3", "--skip_model_save", "--hparams", json.dumps(hparams)],
+                      cwd=tmp_path, env={"TORCH_HOME": str(tmp_path / "torch"),
+                                         "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert (out_dir / "done").exists()
+    last = json.loads((out_dir / "results.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 2 and all(0 <= last[f"env{i}_in_acc"] <= 1 for i in range(4))
