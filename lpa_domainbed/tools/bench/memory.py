@@ -31,10 +31,13 @@ def resident_bytes(alg, batch) -> int:
     for p in alg.parameters():
         tensors += [p] + ([p.grad] if p.grad is not None else [])
     tensors += list(alg.buffers())
-    for state in alg.optimizer.state.values():
-        tensors += list(_tensors_in(state))
-    for value in vars(alg).values():  # the algorithm's own tensors (e.g. stored perturbations)
-        tensors += list(_tensors_in(value))
+    for module in alg.modules():  # a wrapper (SWAD) holds the wrapped algorithm's optimizer
+        for value in vars(module).values():
+            if isinstance(value, torch.optim.Optimizer):
+                for state in value.state.values():
+                    tensors += list(_tensors_in(state))
+            else:  # the algorithm's own tensors (stored perturbations, SWAD's segment sum)
+                tensors += list(_tensors_in(value))
     tensors += [t for pair in batch for t in pair]
     seen, total = set(), 0
     for t in tensors:

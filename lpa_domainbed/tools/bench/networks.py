@@ -26,6 +26,8 @@ def build(variant: Variant, net: NetworkSpec, device: str):
                                 category=UserWarning)
         alg = algorithms.get_algorithm_class(variant.algorithm)(
             net.input_shape, net.num_classes, net.num_domains + 1, hparams)
+    if getattr(alg, "WRAPPED", None):  # SWAD: no validation split here; it validates once,
+        alg.validate_with([], every=10**9, total_steps=10**9)  # at step 0 (a warm-up round)
     return alg.to(device).train()
 
 
