@@ -96,6 +96,7 @@ def test_package_algorithms_expand_in_registry_order():
     assert package[:2] == ["LPA", "LPL"] and "LPA_Conjecture" not in package
 
 
+@pytest.mark.torch  # the tables read DomainBed's model selection
 def test_table2_pins_the_backbone_of_the_published_numbers():
     """torchvision's ImageNet ResNet-50, as behind every source of the reference comparison
     (DomainBed's default would be timm's resnet50.ram_in1k)."""
