@@ -104,6 +104,7 @@ class SWAD(Algorithm):
             raise TypeError(f"{type(self).__name__}: {self.WRAPPED} cannot be wrapped, its "
                             f"model cannot be copied ({type(error).__name__}: {error})") from None
         self.average.requires_grad_(False)
+        self._device_average: dict = {}  # device -> a copy of the average for predict()
         self.register_buffer("averaged_count", torch.zeros((), dtype=torch.long))
         self.register_buffer("segment_count", torch.zeros((), dtype=torch.long))
         self.segment = [torch.zeros_like(t) for t in self._floats(self.algorithm)]
@@ -122,6 +123,7 @@ class SWAD(Algorithm):
 
     # -- one update -----------------------------------------------------------------------
     def update(self, minibatches, unlabeled=None):
+        self._device_average.clear()  # training needs the memory; predict() copies it again
         values = dict(self.algorithm.update(minibatches, unlabeled))
         torch._foreach_add_(self.segment, self._floats(self.algorithm))  # dense averaging
         self.segment_count += 1
@@ -173,20 +175,29 @@ class SWAD(Algorithm):
     def _add_to_average(self, sums: list, count: int) -> None:
         """average <- (average * n + sum of the segment's iterates) / (n + count)."""
         n = int(self.averaged_count)
-        targets = self._floats(self.average)
-        device_sums = [s.to(t.device) for s, t in zip(sums, targets)]
+        targets = self._floats(self.average)  # on the CPU, as the segment sums
+        sums = [s.to(t.device) for s, t in zip(sums, targets)]
         torch._foreach_mul_(targets, n / (n + count))
-        torch._foreach_add_(targets, torch._foreach_div(device_sums, float(n + count)))
+        torch._foreach_add_(targets, torch._foreach_div(sums, float(n + count)))
         for target, online in zip(self.average.buffers(), self.algorithm.buffers()):
             if not target.is_floating_point():
                 target.copy_(online)
         self.averaged_count += count
+        self._device_average.clear()
 
     # -- prediction and checkpoints ---------------------------------------------------------
     def predict(self, x):
-        if int(self.averaged_count) > 0:
+        if int(self.averaged_count) == 0:
+            return self.algorithm.predict(x)
+        if x.device.type == "cpu":
             return self.average.predict(x)
-        return self.algorithm.predict(x)
+        # The average lives on the CPU, so training holds one extra copy of the weights on
+        # the device (the segment sum); an evaluation gets a device copy, kept for its every
+        # batch and dropped at the next update.
+        average = self._device_average.get(x.device)
+        if average is None:
+            average = self._device_average[x.device] = copy.deepcopy(self.average).to(x.device)
+        return average.train(self.average.training).predict(x)
 
     def get_extra_state(self):
         return {"window": self.window.state_dict(), "pending": self.pending,
@@ -198,9 +209,13 @@ class SWAD(Algorithm):
         self.segment = [s.to(t.device) for s, t in zip(state["segment"], self.segment)]
         self.steps_done = state["steps_done"]
 
-    def _apply(self, fn, *args, **kwargs):  # .to(device) moves the segment sums too
+    def _apply(self, fn, *args, **kwargs):
+        """``.to(device)`` moves the segment sums too, and leaves the average on the CPU
+        (a dtype change applies to it)."""
         module = super()._apply(fn, *args, **kwargs)
         self.segment = [fn(t) for t in self.segment]
+        self.average.cpu()
+        self._device_average.clear()
         return module
 
 
