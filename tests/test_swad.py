@@ -58,6 +58,23 @@ def test_the_average_is_the_mean_of_the_iterates_in_the_window():
     assert torch.equal(alg.predict(x), alg.average.predict(x))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="no CUDA device: where the average lives needs one (make gpu-check)")
+def test_on_a_gpu_the_average_stays_on_the_cpu_and_predict_uses_it():
+    """Training holds one extra copy of the weights on the device (the segment sum)."""
+    alg = swad(lr=1e-2).to("cuda")
+    assert all(t.is_cuda for t in alg.segment)
+    for step in range(12):
+        alg.update([(x.cuda(), y.cuda()) for x, y in batches(seed=step)])
+        assert not any(t.is_cuda for t in alg._floats(alg.average))
+    assert int(alg.averaged_count) > 0
+    x, _ = batches(seed=20)[0]
+    on_gpu = alg.predict(x.cuda()).cpu()
+    assert torch.allclose(on_gpu, alg.average.predict(x), atol=1e-5)
+    alg.update([(x.cuda(), y.cuda()) for x, y in batches(seed=21)])
+    assert alg._device_average == {}  # dropped for training
+
+
 def test_before_the_window_opens_predict_is_the_online_model():
     alg = swad()
     alg.update(batches())
