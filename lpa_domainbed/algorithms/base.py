@@ -300,4 +300,5 @@ class ActivationPerturbation(ERM):
                 F.cross_entropy(clean_logits.float(), y, reduction="none"), y, C),
             perturbed_loss=_per_class_mean(
                 F.cross_entropy(logits.detach().float(), y, reduction="none"), y, C),
-            counts=torch.bincount(y, minlength=C))
+            counts=torch.bincount(y, minlength=C), clean_logits=clean_logits.detach(),
+            logits=logits.detach())

@@ -54,6 +54,8 @@ class ProbeResult:
         clean_loss, perturbed_loss: ``[C]`` per-class mean cross-entropy without and with the
             perturbation.
         counts: ``[C]`` samples per class.
+        clean_logits, logits: ``[B, C]`` the network's output without and with the
+            perturbation (detached).
     """
 
     layers: list[str]
@@ -63,6 +65,8 @@ class ProbeResult:
     clean_loss: torch.Tensor
     perturbed_loss: torch.Tensor
     counts: torch.Tensor
+    clean_logits: torch.Tensor
+    logits: torch.Tensor
 
 
 def flat_norms(t: torch.Tensor) -> torch.Tensor:
