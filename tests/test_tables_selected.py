@@ -114,3 +114,8 @@ def test_every_selected_run_gives_its_cells_number_on_domainbeds_sample(tmp_path
     assert (merged.acc == merged.test_acc).all()
     on_disk = [(os.path.isdir(d), os.path.basename(d)) for d in runs.job_dir]
     assert all(exists and name for exists, name in on_disk)
+    # rows read as the tables do: algorithm (the tables' order), held-out domain, trial
+    for (selection, dataset), part in runs.groupby(["selection", "dataset"], sort=False):
+        order = [(results.algorithms.index(a), results.environments[dataset].index(e), t)
+                 for a, e, t in zip(part.algorithm, part.test_env, part.trial_seed)]
+        assert order == sorted(order) and len(set(order)) == len(order) > 1, (selection, dataset)

@@ -79,10 +79,10 @@ def _row(selection, group, environments, run_acc, run_records, step):
 
 def selected_runs(records, results):
     """One row (:data:`SELECTED_COLUMNS`) per selection method of ``results`` (a
-    :class:`~tables_frame.ResultsFrame` of ``records``) and group with a selected run;
-    accuracies in [0, 1]."""
+    :class:`~tables_frame.ResultsFrame` of ``records``) and group with a selected run, in the
+    tables' order (algorithm, held-out domain, trial); accuracies in [0, 1]."""
     groups = reporting.get_grouped_records(records)
-    rows = []
+    rows, order = [], []
     for selection in results.selections:
         method = SELECTION_METHODS[selection]
         for group in groups:
@@ -94,6 +94,11 @@ def selected_runs(records, results):
             if step is not None:
                 rows.append(_row(selection, group, results.environments, run_acc,
                                  run_records, step))
+                order.append((results.selections.index(selection), group["dataset"],
+                              results.algorithms.index(group["algorithm"]),
+                              group["test_env"], group["trial_seed"]))
+    # as the tables read: algorithms in their order, then held-out domain, then trial
+    rows = [row for _, row in sorted(zip(order, rows), key=lambda pair: pair[0])]
     return pd.DataFrame(rows, columns=SELECTED_COLUMNS)
 
 
