@@ -63,7 +63,8 @@ def run(algorithm: str, dataset: str, work: Path, code: Path = REPO) -> list[dic
     env["PYTHONPATH"] = os.pathsep.join([str(code), *filter(None, [env.get("PYTHONPATH")])])
     done = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
-        raise RuntimeError(f"{algorithm} on {dataset} failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"{algorithm} on {dataset} failed:\n{done.stdout[-2000:]}"
+                           f"{done.stderr[-3000:]}")
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if isinstance(v, (int, float)) and k not in IGNORED}
             for r in records]
@@ -106,13 +107,11 @@ def baseline(names) -> dict:
             tree = Path(tmp) / "baseline"
             _git("worktree", "add", "--detach", "-q", str(tree), commit)
             try:
+                registered = _registered(tree)
                 for name in wanted:
                     for dataset in DATASETS:
-                        try:
+                        if name in registered:
                             known[f"{dataset}/{name}"] = run(name, dataset, Path(tmp), tree)
-                        except RuntimeError as error:
-                            if "not found" not in str(error) and "NotImplementedError" not in str(error):
-                                raise
             finally:
                 _git("worktree", "remove", "--force", str(tree))
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -120,6 +119,20 @@ def baseline(names) -> dict:
         partial.write_text(json.dumps(known, indent=1, sort_keys=True) + "\n")
         partial.replace(cache)
     return known
+
+
+def _registered(code: Path) -> set[str]:
+    """The algorithm names the package in ``code`` (a checkout) registers, and ERM."""
+    from lpa_domainbed.tools.runinfo import env_with_python
+
+    env = env_with_python(sys.executable, dict(os.environ))
+    env["PYTHONPATH"] = os.pathsep.join([str(code), *filter(None, [env.get("PYTHONPATH")])])
+    done = subprocess.run(
+        [sys.executable, "-c", "from lpa_domainbed.algorithms import load; print(*load())"],
+        cwd=code, env=env, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(f"the baseline's algorithms could not be listed:\n{done.stderr[-3000:]}")
+    return {"ERM", *done.stdout.split()}
 
 
 def _git(*args) -> str:

@@ -62,12 +62,6 @@ def require(hparams: dict, name: str, ok: bool, expected: str):
                          f"Fix it in --hparams or the sweep's hparams.")
 
 
-def _per_class_mean(values: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
-    values = values.detach().float()
-    sums = torch.zeros(num_classes, device=values.device).index_add_(0, y, values)
-    return sums / group_counts(y, num_classes)  # NaN where the class is absent, not zero
-
-
 def _check_result(alg, cut: Cut, a: torch.Tensor, a_tilde) -> None:
     """``perturb`` must return a tensor like ``a``; one without graph is warned about (once
     per place, by the warnings module: nothing is stored on the algorithm)."""
@@ -246,7 +240,7 @@ class ActivationPerturbation(ERM):
         report = {"loss": loss.detach(), "rel_perturbation": record.mean_rel(y).mean(),
                   **self.report(logits, y, step, state)}
         # One host transfer for every number, as DomainBed's ERM has its loss.item().
-        values = dict(zip(report, torch.stack([v.detach().float() for v in report.values()]).tolist()))
+        values = dict(zip(report, torch.stack(list(report.values())).detach().float().tolist()))
         if not math.isfinite(values["loss"]):
             raise self._non_finite(values["loss"])
         self.optimizer.zero_grad()
@@ -287,18 +281,4 @@ class ActivationPerturbation(ERM):
                     clean_logits = self.network(x)
         finally:
             self.train(was_training)
-        C = self.num_classes
-        rel = {}
-        for name in record.clean:
-            norms = _per_class_mean(flat_norms(record.clean[name]), y, C)
-            delta = _per_class_mean(flat_norms(record.perturbed[name] - record.clean[name]), y, C)
-            rel[name] = delta / norms.clamp_min(1e-12)
-        return ProbeResult(
-            layers=list(record.clean), clean=dict(record.clean),
-            perturbed=dict(record.perturbed), rel_perturbation=rel,
-            clean_loss=_per_class_mean(
-                F.cross_entropy(clean_logits.float(), y, reduction="none"), y, C),
-            perturbed_loss=_per_class_mean(
-                F.cross_entropy(logits.detach().float(), y, reduction="none"), y, C),
-            counts=torch.bincount(y, minlength=C), clean_logits=clean_logits.detach(),
-            logits=logits.detach())
+        return ProbeResult.of(record, clean_logits, logits, y, self.num_classes)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+import torch.nn.functional as F
 
-from lpa_domainbed.perturb.pgd import row_norms
+from lpa_domainbed.perturb.pgd import flat_norms, group_counts
 
 __all__ = ["PassRecord", "ProbeResult", "Step", "flat_norms"]
 
@@ -68,10 +69,32 @@ class ProbeResult:
     clean_logits: torch.Tensor
     logits: torch.Tensor
 
+    @classmethod
+    def of(cls, record: "PassRecord", clean_logits: torch.Tensor, logits: torch.Tensor,
+           y: torch.Tensor, num_classes: int) -> "ProbeResult":
+        """The result of a probe's pass: its ``record`` (kept activations), the logits without
+        and with the perturbation ``[B, C]``, the labels ``[B]``."""
+        def per_class(values):
+            return _per_class_mean(values, y, num_classes)
 
-def flat_norms(t: torch.Tensor) -> torch.Tensor:
-    """Per-sample l2 norm in float32, ``[B, ...] -> [B]`` (overflow-safe)."""
-    return row_norms(t.detach().float())
+        rel = {name: per_class(flat_norms(record.perturbed[name] - clean))
+                     / per_class(flat_norms(clean)).clamp_min(1e-12)
+               for name, clean in record.clean.items()}
+        return cls(
+            layers=list(record.clean), clean=dict(record.clean),
+            perturbed=dict(record.perturbed), rel_perturbation=rel,
+            clean_loss=per_class(F.cross_entropy(clean_logits.float(), y, reduction="none")),
+            perturbed_loss=per_class(F.cross_entropy(logits.detach().float(), y,
+                                                     reduction="none")),
+            counts=torch.bincount(y, minlength=num_classes),
+            clean_logits=clean_logits.detach(), logits=logits.detach())
+
+
+def _per_class_mean(values: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Mean of ``values [B]`` per class ``-> [C]``: NaN where the class is absent, not zero."""
+    values = values.detach().float()
+    sums = torch.zeros(num_classes, device=values.device).index_add_(0, y, values)
+    return sums / group_counts(y, num_classes)
 
 
 @dataclasses.dataclass

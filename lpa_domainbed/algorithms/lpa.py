@@ -34,7 +34,7 @@ import torch
 
 from lpa_domainbed import hparams as hp
 from lpa_domainbed.algorithms import ALGORITHMS
-from lpa_domainbed.algorithms.base import ActivationPerturbation, flat_norms, require
+from lpa_domainbed.algorithms.base import ActivationPerturbation, require
 from lpa_domainbed.algorithms.lpa_parts import ClassStatistics, LayerChoice
 from lpa_domainbed.algorithms.lpa_search import SEARCHES, LPAPass
 from lpa_domainbed.perturb import pgd
@@ -110,15 +110,6 @@ class LPA(ActivationPerturbation):
     def class_frequency(self) -> torch.Tensor:
         return self.statistics.class_frequency
 
-    # -- eqs. 14, 15: the radius ---------------------------------------------------------
-    def radius(self, a: torch.Tensor, step, depth: int) -> torch.Tensor:
-        """``r_c`` ``[C]``: ``eps_c^(l)``, times the class's mean activation norm
-        (``relative``, default); 0 for the classes absent from the batch."""
-        bound = self.statistics.bounds(depth)
-        if self.hparams["lpa_radius"] == "absolute":
-            return bound * step.present
-        return bound * pgd.group_mean(flat_norms(a), step.y, self.num_classes, step.counts)
-
     # -- one update's hooks: the search (eqs. 8-11) and s_c -------------------------------
     @property
     def search_steps(self) -> int:
@@ -135,8 +126,10 @@ class LPA(ActivationPerturbation):
         return LPAPass()
 
     def perturb(self, a, y, step, tail, state):
-        radius = self.radius(a, step, tail.cut.depth)
-        return self.search.perturb(a, y, step, tail, state, radius, self.statistics.signs())
+        """The search at this cut, for the split's signs and the radius ``r_c`` (eqs. 14, 15)."""
+        signs = self.statistics.signs()
+        radius = self.statistics.radius(a, step, tail.cut.depth)
+        return self.search.perturb(a, y, step, tail, state, radius, signs)
 
     def report(self, logits, y, step, state):
         if state.clean_losses is None:  # no search evaluated anything (amortized)

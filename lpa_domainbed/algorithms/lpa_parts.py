@@ -1,7 +1,8 @@
 """LPA's parts, each a small module whose state lives in ``state_dict()``:
 
 * :class:`ClassStatistics`: the running per-class statistic ``s_c``, the category split
-  into the positive set ``P_a`` (paper 3.6) and the bound ``eps_c^(l)`` (eqs. 14, 15);
+  into the positive set ``P_a`` (paper 3.6), the bound ``eps_c^(l)`` (eqs. 14, 15) and the
+  radius ``r_c`` it gives at a layer;
 * :class:`ClassDeltas`: amortized LPA's per-class ``delta_c``, kept across updates;
 * :class:`LayerChoice`: the layer adaptive selection (eq. 13) chose.
 """
@@ -23,7 +24,7 @@ class ClassStatistics(nn.Module):
     ``count_c / max count`` (``frequency``).
 
     Args: the LPA hparams ``lpa_split``, ``lpa_bound``, ``lpa_eps``, ``lpa_delta_eps``,
-    ``lpa_tau``, ``lpa_beta``, ``lpa_stat_momentum``.
+    ``lpa_tau``, ``lpa_beta``, ``lpa_radius``, ``lpa_stat_momentum``.
     """
 
     def __init__(self, num_classes: int, hparams: dict):
@@ -32,6 +33,7 @@ class ClassStatistics(nn.Module):
         self.split, self.bound = h["lpa_split"], h["lpa_bound"]
         self.eps, self.delta_eps, self.tau = h["lpa_eps"], h["lpa_delta_eps"], h["lpa_tau"]
         self.beta, self.momentum = h["lpa_beta"], h["lpa_stat_momentum"]
+        self.relative = h["lpa_radius"] == "relative"
         self.register_buffer("class_accuracy", torch.full((num_classes,), 1.0 / num_classes))
         self.register_buffer("class_frequency", torch.full((num_classes,), 1.0 / num_classes))
 
@@ -70,6 +72,16 @@ class ClassStatistics(nn.Module):
         if self.bound == "varied":
             eps = eps + self.delta_eps * (self.tau - self.statistic()).abs()
         return self.beta ** depth * eps
+
+    def radius(self, a: torch.Tensor, step, depth: int) -> torch.Tensor:
+        """``r_c`` ``[C]`` at a layer ``depth = L - l`` stages before the logits: ``eps_c^(l)``
+        times the class's mean activation norm ``mean_{i: y_i = c} |a_i|`` (``relative``,
+        default), or ``eps_c^(l)`` itself (``absolute``); 0 for the classes absent from the
+        batch (``step``: the pass's labels and class counts)."""
+        bound = self.bounds(depth)
+        if not self.relative:
+            return bound * step.present
+        return bound * pgd.group_mean(pgd.flat_norms(a), step.y, len(step.counts), step.counts)
 
     @torch.no_grad()
     def update(self, clean_logits: torch.Tensor | None, y: torch.Tensor,

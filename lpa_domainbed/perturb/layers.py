@@ -109,16 +109,18 @@ class Cut:
         module: the module whose output is perturbed (whose input, with ``at_input``).
         depth: ``L - l``, the number of stages after the cut (0 at the logits).
         at_input: the activation is ``module``'s first positional input, not its output.
+        is_logits: the cut is the network's output (its tail is the identity).
     """
 
     name: str
     module: nn.Module = dataclasses.field(compare=False, repr=False)
     depth: int
     at_input: bool = False
+    is_logits: bool = dataclasses.field(init=False, compare=False, repr=False)
 
-    @property
-    def is_logits(self) -> bool:
-        return self.name == "logits"
+    def __post_init__(self):
+        # a field, not a property: a tail evaluation reads it, and it never changes
+        object.__setattr__(self, "is_logits", self.name == "logits")
 
 
 def valid_layer_names(algorithm) -> list[str]:

@@ -19,8 +19,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["PRECISIONS", "Ball", "SearchResult", "compose", "group_counts", "group_mean", "l2_ball", "l2_pgd",
-           "low_rank", "pgd_step", "project", "row_norms", "search_autocast", "search_region", "unit"]
+__all__ = ["PRECISIONS", "Ball", "SearchResult", "compose", "flat_norms", "group_counts",
+           "group_mean", "l2_ball", "l2_pgd", "low_rank", "pgd_step", "project", "row_norms",
+           "search_autocast", "search_region", "unit"]
 
 #: The search's precisions (``lpa_search_precision``, ``ada_search_precision``).
 PRECISIONS = ("float32", "bfloat16")
@@ -90,6 +91,11 @@ def row_norms(t: torch.Tensor) -> torch.Tensor:
     peak = flat.abs().amax(dim=1).clamp_min(torch.finfo(flat.dtype).tiny)
     scaled = (flat / peak[:, None]).norm(dim=1) * peak
     return torch.where(torch.isfinite(norms), norms, scaled)
+
+
+def flat_norms(t: torch.Tensor) -> torch.Tensor:
+    """Per-sample l2 norm in float32 without graph, ``[B, ...] -> [B]`` (overflow-safe)."""
+    return row_norms(t.detach().float())
 
 
 def unit(g: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
-"""The pieces a tail evaluation is made of: replaying recorded module outputs, patching a
-module's ``forward`` for one call of the network, and BatchNorm without state updates."""
+"""The pieces a tail evaluation is made of: patching a module's ``forward`` for one call of
+the network, the recorded outputs' tensors (detached, listed), and BatchNorm without state
+updates. The replay of recorded outputs itself is in :mod:`~lpa_domainbed.perturb.tail`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ["constant_stats_batchnorm", "detach_outputs", "frozen_batchnorm_stats",
-           "patched_forwards", "replayer", "tensors_in"]
+           "patched_forwards", "tensors_in"]
 
 _MISSING = object()
 
@@ -60,18 +61,6 @@ def patched_forwards(patches: dict[nn.Module, Callable]):
                 module.__dict__.pop("forward", None)
             else:
                 module.__dict__["forward"] = old
-
-
-def replayer(outputs: list, original: Callable) -> Callable:
-    """A ``forward`` that returns ``outputs`` in order, then computes as ``original``."""
-    pending = iter(outputs)
-
-    def forward(*args, **kwargs):
-        for output in pending:
-            return output
-        return original(*args, **kwargs)  # calls after the cut compute normally
-
-    return forward
 
 
 def constant_stats_batchnorm(bn, stats: dict, x: torch.Tensor) -> torch.Tensor:

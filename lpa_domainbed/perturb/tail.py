@@ -39,10 +39,26 @@ import torch.nn as nn
 
 from lpa_domainbed.perturb.layers import Cut
 from lpa_domainbed.perturb.replay import (constant_stats_batchnorm, detach_outputs,
-                                          frozen_batchnorm_stats, patched_forwards, replayer,
+                                          frozen_batchnorm_stats, patched_forwards,
                                           tensors_in)
 
 __all__ = ["CutForward", "Tail", "frozen_batchnorm_stats"]
+
+
+def _replayer(outputs: list, original: Callable) -> Callable:
+    """A ``forward`` that returns ``outputs`` in order, then computes as ``original``.
+
+    Beside the recording hook (:meth:`CutForward._record_hook`): in a tail evaluation each
+    replayed module runs its replayer and then that hook, both from inside
+    :meth:`CutForward._evaluate`, so the replay is read in one file."""
+    pending = iter(outputs)
+
+    def forward(*args, **kwargs):
+        for output in pending:
+            return output
+        return original(*args, **kwargs)  # calls after the cut compute normally
+
+    return forward
 
 
 class _Recording:
@@ -208,7 +224,7 @@ class CutForward:
             outputs = [detach_outputs(o) if detach_head else o
                        for seq, o in records if seq < fired_at]
             if outputs:
-                patches[module] = replayer(outputs, module.forward)
+                patches[module] = _replayer(outputs, module.forward)
                 versions += [(module, t, t._version) for t in tensors_in(outputs)]
         # A copy of z: an in-place op after the cut (ReLU(inplace=True)) must not write into
         # the leaf PGD differentiates; gradients flow through the copy.
