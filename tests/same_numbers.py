@@ -49,8 +49,6 @@ def algorithms() -> list[str]:
 def run(algorithm: str, dataset: str, work: Path, code: Path = REPO) -> list[dict]:
     """The numeric fields of every record ``results.jsonl`` gets in one train run of the
     package found in ``code`` (a checkout)."""
-    from lpa_domainbed.tools.runinfo import env_with_python
-
     out = work / f"{dataset}_{algorithm}"
     args = [sys.executable, "-m", "domainbed.scripts.train", "--dataset", dataset,
             "--algorithm", algorithm, "--steps", "50", "--seed", "0", "--trial_seed", "0",
@@ -58,9 +56,7 @@ def run(algorithm: str, dataset: str, work: Path, code: Path = REPO) -> list[dic
             "--skip_model_save"]
     if DATASETS[dataset]:
         args += ["--hparams", json.dumps(DATASETS[dataset])]
-    env = env_with_python(sys.executable, {**os.environ, "OMP_NUM_THREADS": "1",
-                                           "MKL_NUM_THREADS": "1"})
-    env["PYTHONPATH"] = os.pathsep.join([str(code), *filter(None, [env.get("PYTHONPATH")])])
+    env = _env_for(code, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     done = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise RuntimeError(f"{algorithm} on {dataset} failed:\n{done.stdout[-2000:]}"
@@ -121,12 +117,18 @@ def baseline(names) -> dict:
     return known
 
 
-def _registered(code: Path) -> set[str]:
-    """The algorithm names the package in ``code`` (a checkout) registers, and ERM."""
+def _env_for(code: Path, **extra) -> dict:
+    """This interpreter's environment, with the package imported from ``code`` (a checkout)."""
     from lpa_domainbed.tools.runinfo import env_with_python
 
-    env = env_with_python(sys.executable, dict(os.environ))
+    env = env_with_python(sys.executable, {**os.environ, **extra})
     env["PYTHONPATH"] = os.pathsep.join([str(code), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def _registered(code: Path) -> set[str]:
+    """The algorithm names the package in ``code`` (a checkout) registers, and ERM."""
+    env = _env_for(code)
     done = subprocess.run(
         [sys.executable, "-c", "from lpa_domainbed.algorithms import load; print(*load())"],
         cwd=code, env=env, capture_output=True, text=True, timeout=300)
