@@ -1,11 +1,11 @@
 """No import cycle inside the package, function-level imports included.
 
 Every ``import`` statement of every module counts, wherever it stands (a function-level import
-hides a cycle from the interpreter until that function runs, not from a reader). The one
-relations left out are a module importing a package it is part of (``from
+hides a cycle from the interpreter until that function runs, and an import under
+``if TYPE_CHECKING:`` hides it always, but neither from a reader or a type checker). The one
+relation left out is a module importing a package it is part of (``from
 lpa_domainbed.algorithms import ALGORITHMS`` in ``lpa_domainbed/algorithms/lpa.py``: Python
-always initializes a package before its modules) and imports under ``if TYPE_CHECKING:``
-(annotations only, never executed)."""
+always initializes a package before its modules)."""
 
 from __future__ import annotations
 
@@ -22,18 +22,6 @@ def _module_name(path: Path, top: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _statements(tree):
-    """Every node, except what stands under ``if TYPE_CHECKING:``."""
-    todo = [tree]
-    while todo:
-        node = todo.pop()
-        yield node
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            todo.extend(node.orelse)
-            continue
-        todo.extend(ast.iter_child_nodes(node))
-
-
 def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
     """``{module: package modules it imports}`` from the source, every import statement."""
     files = {_module_name(p, root.parent): p for p in root.rglob("*.py")}
@@ -41,7 +29,7 @@ def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
     for name, path in files.items():
         is_package = path.name == "__init__.py"
         targets = set()
-        for node in _statements(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 targets |= {a.name for a in node.names}
             elif isinstance(node, ast.ImportFrom):
@@ -96,6 +84,10 @@ def test_an_added_cycle_is_found_also_through_a_function_level_import(tmp_path):
     (package / "sub" / "c.py").write_text("from lpa_domainbed.sub import b\n")  # parent: fine
     (package / "sub" / "d.py").write_text(
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from lpa_domainbed import a\n")
-    (package / "e.py").write_text("from lpa_domainbed.sub import d\n")  # annotations only
+    (package / "e.py").write_text("from lpa_domainbed.sub import d\n")  # no cycle
+    (package / "f.py").write_text("from lpa_domainbed import g\n")
+    (package / "g.py").write_text(  # a cycle through an annotation-only import counts too
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from lpa_domainbed import f\n")
     assert cycles(import_graph(package)) == [
-        ["lpa_domainbed.a", "lpa_domainbed.sub.b", "lpa_domainbed.a"]]
+        ["lpa_domainbed.a", "lpa_domainbed.sub.b", "lpa_domainbed.a"],
+        ["lpa_domainbed.f", "lpa_domainbed.g", "lpa_domainbed.f"]]

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from lpa_domainbed.tools.figures.plans import Settings
-
 __all__ = ["make_dataset", "split_environments", "default_test_envs"]
 
 
-def make_dataset(settings: "Settings", test_env: int, hparams: dict):
-    """The DomainBed dataset object, built as train.py builds it (after seeding)."""
+def make_dataset(name: str, data_dir: str, test_env: int, hparams: dict):
+    """The DomainBed dataset ``name`` under ``data_dir``, built as train.py builds it (after
+    seeding)."""
     from domainbed import datasets
 
-    if settings.dataset not in vars(datasets):
-        raise ValueError(f"unknown dataset {settings.dataset!r}; DomainBed knows "
+    if name not in vars(datasets):
+        raise ValueError(f"unknown dataset {name!r}; DomainBed knows "
                          f"{', '.join(datasets.DATASETS)}")
-    return vars(datasets)[settings.dataset](settings.data_dir, [test_env], hparams)
+    return vars(datasets)[name](data_dir, [test_env], hparams)
 
 
 def split_environments(dataset, test_env: int, holdout_fraction: float, trial: int,

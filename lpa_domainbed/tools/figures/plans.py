@@ -98,7 +98,8 @@ def perturbation_layers(settings: Settings) -> tuple[list[tuple[str, str]], str]
     from lpa_domainbed.perturb.layers import network_stages, resolve_cuts
 
     hparams = hparams_registry.default_hparams("ERM", settings.dataset)
-    dataset = make_dataset(settings, settings.test_envs[0], hparams)
+    dataset = make_dataset(settings.dataset, settings.data_dir, settings.test_envs[0],
+                           hparams)
     lpa = algorithm_class("LPA")(dataset.input_shape, dataset.num_classes, len(dataset) - 1,
                                  resolve_hparams("LPA", settings.dataset))
     stages = network_stages(lpa.featurizer)

@@ -111,7 +111,7 @@ def train_run(spec: RunSpec, settings: Settings) -> dict:
     _seed_everything(misc.seed_hash(settings.dataset, spec.algorithm, [spec.test_env], 0,
                                     spec.trial))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dataset = make_dataset(settings, spec.test_env, hparams)
+    dataset = make_dataset(settings.dataset, settings.data_dir, spec.test_env, hparams)
     in_splits, out_splits = split_environments(dataset, spec.test_env,
                                                settings.holdout_fraction, spec.trial,
                                                hparams["class_balanced"])
