@@ -12,7 +12,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from lpa_domainbed.perturb.pgd import flat_norms, group_counts
+from lpa_domainbed.perturb.pgd import flat_norms, group_counts, group_mean
 
 __all__ = ["PassRecord", "ProbeResult", "Step", "flat_norms"]
 
@@ -74,8 +74,11 @@ class ProbeResult:
            y: torch.Tensor, num_classes: int) -> "ProbeResult":
         """The result of a probe's pass: its ``record`` (kept activations), the logits without
         and with the perturbation ``[B, C]``, the labels ``[B]``."""
-        def per_class(values):
-            return _per_class_mean(values, y, num_classes)
+        counts = group_counts(y, num_classes)  # once for every per-class mean below
+
+        def per_class(values):  # NaN where the class is absent, not group_mean's zero
+            mean = group_mean(values.detach(), y, num_classes, counts)
+            return torch.where(counts > 0, mean, torch.nan)
 
         rel = {name: per_class(flat_norms(record.perturbed[name] - clean))
                      / per_class(flat_norms(clean)).clamp_min(1e-12)
@@ -88,13 +91,6 @@ class ProbeResult:
                                                      reduction="none")),
             counts=torch.bincount(y, minlength=num_classes),
             clean_logits=clean_logits.detach(), logits=logits.detach())
-
-
-def _per_class_mean(values: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Mean of ``values [B]`` per class ``-> [C]``: NaN where the class is absent, not zero."""
-    values = values.detach().float()
-    sums = torch.zeros(num_classes, device=values.device).index_add_(0, y, values)
-    return sums / group_counts(y, num_classes)
 
 
 @dataclasses.dataclass

@@ -82,7 +82,7 @@ def selected_runs(records, results):
     :class:`~tables_frame.ResultsFrame` of ``records``) and group with a selected run, in the
     tables' order (algorithm, held-out domain, trial); accuracies in [0, 1]."""
     groups = reporting.get_grouped_records(records)
-    rows, order = [], []
+    rows = []
     for selection in results.selections:
         method = SELECTION_METHODS[selection]
         for group in groups:
@@ -92,14 +92,14 @@ def selected_runs(records, results):
             run_acc, run_records = ranked[0]
             step = _selected_step(method, run_records, run_acc)
             if step is not None:
-                rows.append(_row(selection, group, results.environments, run_acc,
-                                 run_records, step))
-                order.append((results.selections.index(selection), group["dataset"],
-                              results.algorithms.index(group["algorithm"]),
-                              group["test_env"], group["trial_seed"]))
-    # as the tables read: algorithms in their order, then held-out domain, then trial
-    rows = [row for _, row in sorted(zip(order, rows), key=lambda pair: pair[0])]
-    return pd.DataFrame(rows, columns=SELECTED_COLUMNS)
+                # sorted as the tables read: algorithms in their order, held-out domain, trial
+                order = (results.selections.index(selection), group["dataset"],
+                         results.algorithms.index(group["algorithm"]), group["test_env"],
+                         group["trial_seed"])
+                rows.append((order, _row(selection, group, results.environments, run_acc,
+                                         run_records, step)))
+    rows.sort(key=lambda pair: pair[0])
+    return pd.DataFrame([row for _, row in rows], columns=SELECTED_COLUMNS)
 
 
 def _markdown(rows, method_name, name):
